@@ -1,0 +1,38 @@
+# make demo   — create .venv, install, prepare the embedded sample data, run the main job, print the leaderboard
+# make test   — install dev extras, run the fast test tier (CPU, < 5 min on 2 cores)
+# make bench  — throughput of degradations and metrics (prints the device)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Pinned wheels: torch 2.14.1 + torchvision 0.29.1 import together (the CPU-only 2.13 wheel breaks torchvision).
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+RUN := $(BIN)/python -m fvr_bench
+
+.PHONY: install demo test test-all bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(RUN) data prepare sample
+	$(RUN) run method=identity
+	$(RUN) run method=bicubic
+	$(RUN) leaderboard
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-all: install
+	$(BIN)/python -m pytest -q -m ""
+
+bench: install
+	$(BIN)/python bench/throughput.py
+
+clean:
+	rm -rf outputs .cache/fvr_bench

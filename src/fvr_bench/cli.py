@@ -1,0 +1,181 @@
+"""``python -m fvr_bench <command> ...``.
+
+``run`` is a Hydra application (overrides, ``-m`` multirun, ``--cfg job``); the other
+commands take the same ``key=value`` overrides through Hydra's compose API, so
+``paths.output_dir=<dir>`` means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from fvr_bench.errors import FvrBenchError
+
+CONF_DIR = Path(os.environ.get("FVR_BENCH_CONF", Path(__file__).resolve().parents[2] / "conf"))
+
+USAGE = """usage: python -m fvr_bench <command> [options] [key=value ...]
+
+commands:
+  run           evaluate a restorer: method=<m> data=<d> degradation=<g> metrics=<set> seed=<n> [-m for sweeps]
+  leaderboard   merge every run under paths.output_dir into leaderboard.csv and .md
+  list          list the options of a config group: methods | data | degradations | metrics
+  data          data prepare sample | data degrade data=<d> degradation=<g> seed=<n> out=<dir>
+"""
+
+LIST_GROUPS = {"methods": "method", "method": "method", "data": "data", "degradations": "degradation",
+               "degradation": "degradation", "metrics": "metrics"}
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"fvr_bench: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def compose(config_name: str, overrides: list[str]):
+    """The composed config for non-``run`` commands (same tree, same overrides)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        fail(str(error))
+
+
+# ------------------------------------------------------------------------- run
+
+
+def _run_task(cfg) -> None:
+    from fvr_bench.evaluate import evaluate
+    from fvr_bench.tables.leaderboard import format_summary
+
+    try:
+        run_dir = evaluate(cfg)
+    except FvrBenchError as error:
+        fail(str(error))
+    print(f"results: {run_dir}")
+    print(format_summary(run_dir))
+
+
+def run_command(args: list[str]) -> None:
+    import hydra
+
+    sys.argv = [f"{sys.argv[0]} run", *args]
+    app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="run")(_run_task)
+    app()
+
+
+# ------------------------------------------------------------------------- leaderboard
+
+
+def leaderboard_command(args: list[str]) -> None:
+    from fvr_bench.tables.leaderboard import build_leaderboard
+
+    cfg = compose("run", args)
+    output_dir = Path(cfg.paths.output_dir)
+    try:
+        table = build_leaderboard(output_dir)
+    except FvrBenchError as error:
+        fail(str(error))
+    print(f"leaderboard: {output_dir / 'leaderboard.csv'} ({len(table)} runs)")
+    print((output_dir / "leaderboard.md").read_text())
+
+
+# ------------------------------------------------------------------------- list
+
+
+def list_command(args: list[str]) -> None:
+    if len(args) != 1 or args[0] not in LIST_GROUPS:
+        fail(f"list what? one of: {', '.join(sorted(set(LIST_GROUPS) - {'method', 'degradation'}))}")
+    group = LIST_GROUPS[args[0]]
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        print(f"{path.stem:28s} {_description(path)}")
+
+
+def _description(path: Path) -> str:
+    """The first comment line of a config file, its one-line description."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#") and not line.startswith("# @package"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+# ------------------------------------------------------------------------- data
+
+
+def data_command(args: list[str]) -> None:
+    if not args or args[0] not in ("prepare", "degrade"):
+        fail("usage: data prepare sample [paths.data_dir=<dir>] | data degrade data=<d> degradation=<g> seed=<n> out=<dir>")
+    if args[0] == "prepare":
+        _data_prepare(args[1:])
+    else:
+        _data_degrade(args[1:])
+
+
+def _data_prepare(args: list[str]) -> None:
+    from fvr_bench.data.sample import prepare_sample
+
+    names = [a for a in args if "=" not in a]
+    if names != ["sample"]:
+        fail("only the embedded sample set is prepared by this command: data prepare sample; "
+             "the other sets are obtained as their card says (datasets/<name>/README.md)")
+    cfg = compose("run", [a for a in args if "=" in a])
+    try:
+        out = prepare_sample(Path(cfg.paths.data_dir) / "sample", cache_dir=Path(cfg.paths.cache_dir))
+    except FvrBenchError as error:
+        fail(str(error))
+    print(f"sample dataset: {out}")
+
+
+def _data_degrade(args: list[str]) -> None:
+    """Export the exact LQ inputs of a (data, degradation, seed) cell, so external methods
+    run on the same bits as the built-in ones."""
+    from hydra.utils import instantiate
+    from tqdm.auto import tqdm
+
+    from fvr_bench.degradations import LQCache
+    from fvr_bench.evaluate import degrade_cached
+    from fvr_bench.video import write_frame_folder
+
+    out = [a.split("=", 1)[1] for a in args if a.startswith("out=")]
+    if not out:
+        fail("data degrade needs out=<folder> for the LQ frame folders")
+    cfg = compose("run", [a for a in args if not a.startswith("out=")])
+    out_dir = Path(out[0])
+    try:
+        dataset = instantiate(cfg.data)
+        degradation = instantiate(cfg.degradation)
+        cache = LQCache(Path(cfg.paths.cache_dir) / "lq")
+        for clip_id in tqdm(dataset.clip_ids(), desc=f"degrading {dataset.name} ({degradation.name})", unit="clip"):
+            degraded = degrade_cached(degradation, cache, dataset.load(clip_id), cfg.seed)
+            write_frame_folder(out_dir / "lq" / clip_id, degraded.lq)
+            if degraded.mask is not None:
+                write_frame_folder(out_dir / "mask" / clip_id, degraded.mask[..., None].repeat(3, -1).astype("uint8") * 255)
+    except FvrBenchError as error:
+        fail(str(error))
+    print(f"LQ set: {out_dir / 'lq'} ({degradation.name}, seed {cfg.seed})")
+
+
+# ------------------------------------------------------------------------- entry
+
+
+COMMANDS = {"run": run_command, "leaderboard": leaderboard_command, "list": list_command, "data": data_command}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        fail(f"unknown command '{argv[0]}'\n{USAGE}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    command(argv[1:])

@@ -1,0 +1,209 @@
+"""clips → degrade (cached) → restore → metrics → ResultStore.
+
+The evaluator never asks what kind of method or metric it runs: everything it needs is
+in the restorer contract (:mod:`fvr_bench.methods.base`), the metric class attributes
+(:mod:`fvr_bench.metrics.base`) and the dataset contract (:mod:`fvr_bench.data.base`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+import fvr_bench
+from fvr_bench.data.base import ClipSample, VideoDataset
+from fvr_bench.degradations import LQCache
+from fvr_bench.errors import ConfigError, RestorerOutputError
+from fvr_bench.metrics.base import VideoMetric
+from fvr_bench.results import ResultStore
+from fvr_bench.video import to_numpy, to_tensor, write_frame_folder, write_video
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedInput:
+    """What the restorer receives for one clip (batch of one)."""
+
+    lq: torch.Tensor  # (1, T, 3, h, w) float32 in [0, 1]
+    mask: torch.Tensor | None  # (1, T, 1, h, w) bool
+    task: str
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def degrade_cached(degradation, cache: LQCache, sample: ClipSample, seed: int):
+    """The degraded clip of ``sample.gt`` for (degradation, seed), from the lossless cache
+    when present: every method and every export sees bit-identical LQ input."""
+    key = degradation.key()
+    degraded = cache.load(key, seed, sample.clip_id)
+    if degraded is None:
+        degraded = degradation(to_numpy(sample.gt), seed=seed, clip_id=sample.clip_id)
+        cache.save(key, seed, sample.clip_id, degraded)
+    return degraded
+
+
+def run_identity(cfg: DictConfig) -> dict[str, Any]:
+    """The configuration fields that must match for two runs to share a run directory."""
+    return {
+        "method": OmegaConf.to_container(cfg.method, resolve=True),
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "degradation": OmegaConf.to_container(cfg.degradation, resolve=True),
+        "metrics": OmegaConf.to_container(cfg.metrics, resolve=True),
+        "seed": cfg.seed,
+        "code_version": fvr_bench.__version__,
+    }
+
+
+class Evaluator:
+    """Runs one (method, data, degradation, metrics, seed) cell into ``run_dir``."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.device = resolve_device(cfg.device)
+        self.dataset: VideoDataset = instantiate(cfg.data)
+        self.degradation = instantiate(cfg.degradation)
+        self.metrics: dict[str, VideoMetric] = {
+            metric_id: instantiate(metric_cfg) for metric_id, metric_cfg in cfg.metrics["items"].items()
+        }
+        for metric_id, metric in self.metrics.items():
+            if metric.metric_id != metric_id:
+                raise ConfigError(
+                    f"metric set '{cfg.metrics.name}': entry '{metric_id}' instantiates metric '{metric.metric_id}'"
+                )
+            if metric.needs_reference and not self.dataset.has_gt:
+                raise ConfigError(
+                    f"metric '{metric_id}' needs ground truth, but data={self.dataset.name} has none; "
+                    f"use a no-reference metric set (e.g. metrics=no_reference)"
+                )
+            metric.to(self.device)
+        self.restorer = instantiate(cfg.method.restorer)
+        if hasattr(self.restorer, "to"):
+            self.restorer.to(self.device)
+        self.cache = LQCache(Path(cfg.paths.cache_dir) / "lq")
+        self.store = ResultStore(self.run_dir)
+
+    # -- inputs ----------------------------------------------------------------------
+
+    def prepare_input(self, sample: ClipSample) -> PreparedInput:
+        """The LQ input of a clip: the dataset's own, or the GT degraded (cached, seeded)."""
+        if sample.lq is not None:
+            return PreparedInput(sample.lq[None], None, self.degradation.task)
+        degraded = degrade_cached(self.degradation, self.cache, sample, self.cfg.seed)
+        mask = None
+        if degraded.mask is not None:
+            mask = torch.from_numpy(np.ascontiguousarray(degraded.mask))[None, :, None]
+        return PreparedInput(to_tensor(degraded.lq)[None], mask, self.degradation.task)
+
+    # -- the loop --------------------------------------------------------------------
+
+    def restore(self, sample: ClipSample, prepared: PreparedInput) -> torch.Tensor:
+        out_size = tuple(sample.gt.shape[-2:]) if sample.gt is not None else None
+        reference = sample.reference[None].to(self.device) if sample.reference is not None else None
+        with torch.inference_mode():
+            restored = self.restorer.restore(
+                prepared.lq.to(self.device),
+                task=prepared.task,
+                reference=reference,
+                mask=None if prepared.mask is None else prepared.mask.to(self.device),
+                out_size=out_size,
+                clip_ids=[sample.clip_id],
+            )
+        self.check_output(sample, prepared, restored, out_size)
+        return restored.float()
+
+    def check_output(self, sample: ClipSample, prepared: PreparedInput, restored: Any, out_size) -> None:
+        name = self.cfg.method.name
+        if not isinstance(restored, torch.Tensor):
+            raise RestorerOutputError(f"method {name}, clip {sample.clip_id}: restore returned {type(restored).__name__}, not a tensor")
+        num_frames = prepared.lq.shape[1]
+        expected = (1, num_frames, 3, *out_size) if out_size is not None else None
+        if restored.ndim != 5 or restored.shape[:3] != (1, num_frames, 3) or (
+            expected is not None and tuple(restored.shape) != expected
+        ):
+            raise RestorerOutputError(
+                f"method {name}, clip {sample.clip_id} ({sample.source}): restored shape {tuple(restored.shape)}, "
+                f"expected {expected or (1, num_frames, 3, 'H', 'W')}"
+            )
+        if not torch.isfinite(restored).all():
+            bad = (~torch.isfinite(restored)).sum().item()
+            raise RestorerOutputError(
+                f"method {name}, clip {sample.clip_id} ({sample.source}): {bad} NaN/Inf values in the restored clip; "
+                f"no results were written for this clip"
+            )
+
+    def score(self, sample: ClipSample, restored: torch.Tensor) -> list[dict[str, Any]]:
+        preds = restored.clamp(0.0, 1.0).to(self.device)
+        target = sample.gt[None].to(self.device) if sample.gt is not None else None
+        rows = []
+        for metric_id, metric in self.metrics.items():
+            metric.update(preds, target if metric.needs_reference else None)
+            rows.append(
+                {
+                    "metric": metric_id,
+                    "value": float(metric.latest().item()),
+                    "higher_is_better": metric.higher_is_better,
+                    "provenance_id": metric.provenance().provenance_id,
+                    "frames": preds.shape[1],
+                }
+            )
+        return rows
+
+    def save_restored(self, clip_id: str, restored: torch.Tensor, fps: float) -> None:
+        frames = to_numpy(restored[0])
+        mode = self.cfg.save_restored
+        if mode == "png":
+            write_frame_folder(self.run_dir / "restored" / clip_id, frames)
+        elif mode == "video":
+            write_video(self.run_dir / "restored" / f"{clip_id}.mkv", frames, fps=fps, lossless=True)
+        elif mode not in (None, False, "none"):
+            raise ConfigError(f"save_restored={mode!r}: choose none, png or video")
+
+    def run(self) -> Path:
+        resolved = OmegaConf.to_yaml(self.cfg, resolve=True)
+        self.store.open(run_identity(self.cfg), resolved, overwrite=bool(self.cfg.overwrite))
+        self.store.record_provenance(
+            {m.provenance().provenance_id: asdict(m.provenance()) for m in self.metrics.values()}
+        )
+        finished = self.store.finished_clips()
+        clip_ids = self.dataset.clip_ids()
+        if self.cfg.limit_clips is not None:
+            clip_ids = clip_ids[: self.cfg.limit_clips]
+        todo = [clip_id for clip_id in clip_ids if clip_id not in finished]
+        if finished:
+            log.info("resuming %s: %d of %d clips already done", self.run_dir, len(clip_ids) - len(todo), len(clip_ids))
+        progress = tqdm(todo, desc=f"{self.cfg.method.name} on {self.dataset.name}", unit="clip", disable=not self.cfg.progress)
+        for clip_id in progress:
+            sample = self.dataset.load(clip_id)
+            prepared = self.prepare_input(sample)
+            start = time.perf_counter()
+            restored = self.restore(sample, prepared)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            seconds = time.perf_counter() - start
+            rows = self.score(sample, restored)
+            # outputs first: a clip counts as finished only once everything of it is written
+            if self.cfg.save_restored not in (None, False, "none"):
+                self.save_restored(clip_id, restored, sample.fps)
+            self.store.append_clip(clip_id, rows, seconds=seconds)
+        self.store.write_summary()
+        return self.run_dir
+
+
+def evaluate(cfg: DictConfig) -> Path:
+    """Run one evaluation cell; returns the run directory."""
+    return Evaluator(cfg).run()

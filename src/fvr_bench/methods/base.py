@@ -1,0 +1,93 @@
+"""The restorer contract.
+
+``Restorer.restore(lq, *, task, reference, mask, out_size, clip_ids)`` maps an LQ batch
+``(B, T, 3, h, w)`` float32 in [0, 1] to a restored batch ``(B, T, 3, H, W)`` in [0, 1].
+How a method handles long videos (windows, blending, noise sharing) lives behind
+``restore``: the evaluator never asks what kind of method it runs.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+TASKS = ("bfr", "colorization", "inpainting", "deflicker")
+
+
+@runtime_checkable
+class Restorer(Protocol):
+    name: str
+
+    def restore(
+        self,
+        lq: torch.Tensor,
+        *,
+        task: str = "bfr",
+        reference: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        out_size: tuple[int, int] | None = None,
+        clip_ids: list[str] | None = None,
+    ) -> torch.Tensor:
+        """lq ``(B, T, 3, h, w)`` in [0, 1] → ``(B, T, 3, H, W)`` in [0, 1].
+
+        task:      one of ``TASKS``; methods that do not support a task raise ConfigError.
+        reference: ``(B, 3, Hr, Wr)`` reference face (identity-guided methods) or None.
+        mask:      ``(B, T, 1, h, w)`` bool, True where pixels are missing (inpainting).
+        out_size:  the ``(H, W)`` the output must have (the ground-truth size); None means
+                   the method's native scale.
+        clip_ids:  ids of the clips in the batch (for restorers that read saved outputs).
+        """
+        ...
+
+
+class RestorerModule(L.LightningModule):
+    """Base of the reimplemented methods: Lightning for training, ``restore`` for inference.
+
+    Subclasses implement ``restore``; ``size_multiple`` says what spatial size the network
+    needs — :func:`pad_to_multiple` and :func:`crop_to` keep any input size working.
+    """
+
+    name: str = "restorer"
+    size_multiple: int = 1
+
+    def restore(self, lq: torch.Tensor, **kwargs) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def resize_video(frames: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+    """Resize every frame of ``(B, T, C, h, w)`` to ``(B, T, C, *size)``, clamped to [0, 1].
+
+    Bicubic uses antialiasing when shrinking, like PIL/MATLAB, so downscaled frames do
+    not alias.
+    """
+    b, t, c, h, w = frames.shape
+    if (h, w) == tuple(size):
+        return frames
+    flat = frames.reshape(b * t, c, h, w)
+    kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+    if mode in ("bilinear", "bicubic") and (size[0] < h or size[1] < w):
+        kwargs["antialias"] = True
+    out = F.interpolate(flat, size=tuple(size), mode=mode, **kwargs)
+    return out.clamp(0.0, 1.0).reshape(b, t, c, *size)
+
+
+def pad_to_multiple(frames: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad the last two dims of ``(..., H, W)`` up to a multiple; returns the
+    padded tensor and the original ``(H, W)`` for :func:`crop_to`."""
+    h, w = frames.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return frames, (h, w)
+    lead = frames.shape[:-3]
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    padded = F.pad(flat, (0, pad_w, 0, pad_h), mode=mode)
+    return padded.reshape(*lead, *padded.shape[-3:]), (h, w)
+
+
+def crop_to(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Crop ``(..., H', W')`` back to its top-left ``(H, W)``."""
+    return frames[..., : size[0], : size[1]]

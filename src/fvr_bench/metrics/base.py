@@ -1,0 +1,112 @@
+"""The metric contract: torchmetrics' ``Metric`` with per-clip values and provenance.
+
+Every metric keeps one value per clip (``per_clip()``), so a run can write per-clip rows,
+resume, bootstrap confidence intervals and compare methods clip by clip. Class
+attributes, never name checks, say what a metric is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torchmetrics import Metric
+
+from fvr_bench.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Everything that can change a metric's number: two numbers with different
+    provenance ids never share a leaderboard column."""
+
+    metric_id: str
+    implementation: str
+    backend: str = "torch"
+    backend_version: str = ""
+    weights: str | None = None
+    weights_sha256: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def provenance_id(self) -> str:
+        payload = json.dumps(asdict(self), sort_keys=True, default=str)
+        return f"{self.metric_id}@{hashlib.sha1(payload.encode()).hexdigest()[:8]}"
+
+
+class VideoMetric(Metric):
+    """Base of every video metric.
+
+    ``update(preds, target=None)`` takes ``(B, T, 3, H, W)`` float tensors in [0, 1] and
+    appends one value per clip; ``compute()`` is the mean over clips. Subclasses
+    implement ``frame_scores`` (``level = "frame"``: ``(B, T)`` values, averaged over
+    frames per clip) or ``clip_scores`` (``(B,)``).
+    """
+
+    metric_id: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+    needs_reference: ClassVar[bool] = True
+    level: ClassVar[str] = "frame"  # frame | clip | set
+    full_state_update: ClassVar[bool] = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("values", default=[], dist_reduce_fx="cat")
+
+    # -- what subclasses implement ---------------------------------------------------
+
+    def frame_scores(self, preds: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        """``(B, T, 3, H, W)`` → ``(B, T)`` per-frame values."""
+        raise NotImplementedError
+
+    def clip_scores(self, preds: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        """``(B, T, 3, H, W)`` → ``(B,)`` per-clip values (default: mean of frame scores)."""
+        return self.frame_scores(preds, target).mean(dim=1)
+
+    def settings(self) -> dict[str, Any]:
+        """Settings that change the number (colour space, crop border, …)."""
+        return {}
+
+    def backend_version(self) -> str:
+        return torch.__version__
+
+    # -- the contract ----------------------------------------------------------------
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor | None = None) -> None:
+        if preds.ndim != 5:
+            raise ValueError(f"{self.metric_id}: expected (B, T, C, H, W) predictions, got {tuple(preds.shape)}")
+        if self.needs_reference:
+            if target is None:
+                raise ConfigError(f"metric {self.metric_id} needs ground truth; this dataset has none")
+            if target.shape != preds.shape:
+                raise ValueError(
+                    f"{self.metric_id}: prediction {tuple(preds.shape)} and target {tuple(target.shape)} differ in shape"
+                )
+        scores = self.clip_scores(preds.float(), None if target is None else target.float())
+        self.values.append(scores.detach().to(torch.float64).reshape(-1))
+
+    def per_clip(self) -> torch.Tensor:
+        """All per-clip values so far, ``(N,)`` float64."""
+        values = self.values
+        if isinstance(values, torch.Tensor):  # after a DDP sync the list is concatenated
+            return values
+        return torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+
+    def latest(self, count: int = 1) -> torch.Tensor:
+        """Values of the last ``count`` clips (what the evaluator writes after each batch)."""
+        return self.per_clip()[-count:]
+
+    def compute(self) -> torch.Tensor:
+        return self.per_clip().mean()
+
+    def provenance(self) -> Provenance:
+        cls = type(self)
+        return Provenance(
+            metric_id=self.metric_id,
+            implementation=f"{cls.__module__}.{cls.__qualname__}",
+            backend_version=self.backend_version(),
+            settings=self.settings(),
+        )

@@ -1,0 +1,165 @@
+"""A run directory: resolved config, per-clip rows, summary — atomic and resumable.
+
+Layout of ``outputs/<data>/<degradation>/<method>/``:
+
+- ``config.yaml``   the resolved configuration of the run (for people);
+- ``run.json``      the fields that decide whether two runs may share results (for the code);
+- ``per_clip.csv``  one row per (clip, metric): the source of truth;
+- ``provenance.json`` provenance id → full provenance of every metric column;
+- ``summary.csv``   mean over clips per metric, derived from ``per_clip.csv``;
+- ``timing.csv``    seconds per clip for restoration (kept out of the summary: timings
+  differ between identical runs, the summary must not).
+
+Every file is replaced atomically (write to a temporary file, fsync, ``os.replace``): a
+run killed at any moment leaves the previous complete file, never a torn one, and a
+restarted run skips the clips already in ``per_clip.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from fvr_bench.errors import ResultsMismatchError
+
+PER_CLIP_COLUMNS = ["clip_id", "metric", "value", "higher_is_better", "provenance_id", "frames"]
+SUMMARY_COLUMNS = ["metric", "value", "std", "n_clips", "higher_is_better", "provenance_id"]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that readers see the old or the new file, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _csv_text(rows: Iterable[dict[str, Any]], columns: list[str], header: bool) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    if header:
+        writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _format(row.get(key)) for key in columns})
+    return buffer.getvalue()
+
+
+def _format(value: Any) -> Any:
+    # repr of a float round-trips exactly, so a resumed run reproduces the same summary
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+class ResultStore:
+    """Per-clip results of one run directory."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        self.per_clip_path = self.run_dir / "per_clip.csv"
+        self.summary_path = self.run_dir / "summary.csv"
+        self.run_json_path = self.run_dir / "run.json"
+        self.provenance_path = self.run_dir / "provenance.json"
+        self.timing_path = self.run_dir / "timing.csv"
+        self._per_clip_text: str | None = None
+
+    # -- opening ---------------------------------------------------------------------
+
+    def open(self, identity: dict[str, Any], config_yaml: str, overwrite: bool = False) -> None:
+        """Start or resume a run. ``identity`` holds what must match to resume (method,
+        data, degradation, metrics, seed, code version); a mismatch stops the run."""
+        identity = json.loads(json.dumps(identity, sort_keys=True, default=str))
+        if self.run_json_path.exists() and not overwrite:
+            stored = json.loads(self.run_json_path.read_text())
+            differing = sorted(key for key in set(stored) | set(identity) if stored.get(key) != identity.get(key))
+            if differing:
+                raise ResultsMismatchError(
+                    f"{self.run_dir} holds results of a different configuration "
+                    f"(differs in: {', '.join(differing)}). Results are never mixed: pass "
+                    f"overwrite=true to replace them, or paths.output_dir=<another folder>."
+                )
+        elif overwrite:
+            for path in (self.per_clip_path, self.summary_path, self.provenance_path, self.timing_path):
+                path.unlink(missing_ok=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_json_path, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(self.run_dir / "config.yaml", config_yaml)
+
+    # -- per-clip rows ---------------------------------------------------------------
+
+    def _text(self) -> str:
+        if self._per_clip_text is None:
+            self._per_clip_text = (
+                self.per_clip_path.read_text() if self.per_clip_path.exists() else _csv_text([], PER_CLIP_COLUMNS, True)
+            )
+        return self._per_clip_text
+
+    def per_clip(self) -> pd.DataFrame:
+        """All per-clip rows as a DataFrame with ``PER_CLIP_COLUMNS``."""
+        frame = pd.read_csv(io.StringIO(self._text()), dtype={"clip_id": str})
+        return frame
+
+    def finished_clips(self) -> set[str]:
+        return set(self.per_clip()["clip_id"])
+
+    def append_clip(self, clip_id: str, rows: list[dict[str, Any]], seconds: float | None = None) -> None:
+        """Add every metric row of one finished clip in a single atomic replace."""
+        if clip_id in self.finished_clips():
+            raise ValueError(f"clip {clip_id} is already in {self.per_clip_path}")
+        text = self._text() + _csv_text(({"clip_id": clip_id, **row} for row in rows), PER_CLIP_COLUMNS, False)
+        atomic_write_text(self.per_clip_path, text)
+        self._per_clip_text = text
+        if seconds is not None:
+            timing = self.timing_path.read_text() if self.timing_path.exists() else "clip_id,seconds\n"
+            atomic_write_text(self.timing_path, timing + f"{clip_id},{seconds:.6f}\n")
+
+    def record_provenance(self, provenance: dict[str, dict[str, Any]]) -> None:
+        """Merge ``provenance_id → provenance dict`` into ``provenance.json``."""
+        stored = json.loads(self.provenance_path.read_text()) if self.provenance_path.exists() else {}
+        stored.update(provenance)
+        atomic_write_text(self.provenance_path, json.dumps(stored, indent=2, sort_keys=True, default=str) + "\n")
+
+    # -- summary ---------------------------------------------------------------------
+
+    def write_summary(self) -> pd.DataFrame:
+        """Mean and standard deviation over clips of every metric, from ``per_clip.csv``.
+
+        Infinite values (PSNR of identical frames) are kept out of the mean and counted in
+        ``n_clips`` only when finite; the summary says so through ``n_clips``.
+        """
+        rows = []
+        per_clip = self.per_clip()
+        for (metric, provenance_id), group in per_clip.groupby(["metric", "provenance_id"], sort=True):
+            values = [v for v in group["value"].astype(float) if math.isfinite(v)]
+            mean = math.fsum(values) / len(values) if values else float("nan")
+            std = (
+                math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            )
+            rows.append(
+                {
+                    "metric": metric,
+                    "value": mean,
+                    "std": std,
+                    "n_clips": len(values),
+                    "higher_is_better": bool(group["higher_is_better"].iloc[0]),
+                    "provenance_id": provenance_id,
+                }
+            )
+        atomic_write_text(self.summary_path, _csv_text(rows, SUMMARY_COLUMNS, True))
+        return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
