@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
 	$(BIN)/pip install -q -e '.[dev]'
+	# test reference for NIQE (pure Python, loaded by path; its own deps pull non-headless OpenCV)
+	$(BIN)/pip install -q --no-deps basicsr-fixed==1.4.2
 	touch $@
 
 install: $(VENV)/.installed

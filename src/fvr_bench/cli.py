@@ -137,12 +137,11 @@ def _data_prepare(args: list[str]) -> None:
 def _data_degrade(args: list[str]) -> None:
     """Export the exact LQ inputs of a (data, degradation, seed) cell, so external methods
     run on the same bits as the built-in ones."""
-    from hydra.utils import instantiate
     from tqdm.auto import tqdm
 
-    from fvr_bench.degradations import LQCache
-    from fvr_bench.evaluate import degrade_cached
-    from fvr_bench.video import write_frame_folder
+    from fvr_bench.config import build
+    from fvr_bench.degradations import LQCache, build_degradation
+    from fvr_bench.video import to_numpy, write_frame_folder
 
     out = [a.split("=", 1)[1] for a in args if a.startswith("out=")]
     if not out:
@@ -150,11 +149,11 @@ def _data_degrade(args: list[str]) -> None:
     cfg = compose("run", [a for a in args if not a.startswith("out=")])
     out_dir = Path(out[0])
     try:
-        dataset = instantiate(cfg.data)
-        degradation = instantiate(cfg.degradation)
+        dataset = build(cfg.data, "data")
+        degradation = build_degradation(cfg.degradation)
         cache = LQCache(Path(cfg.paths.cache_dir) / "lq")
         for clip_id in tqdm(dataset.clip_ids(), desc=f"degrading {dataset.name} ({degradation.name})", unit="clip"):
-            degraded = degrade_cached(degradation, cache, dataset.load(clip_id), cfg.seed)
+            degraded = cache.get_or_compute(degradation, cfg.seed, clip_id, lambda: to_numpy(dataset.load(clip_id).gt))
             write_frame_folder(out_dir / "lq" / clip_id, degraded.lq)
             if degraded.mask is not None:
                 write_frame_folder(out_dir / "mask" / clip_id, degraded.mask[..., None].repeat(3, -1).astype("uint8") * 255)

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 import fvr_bench
 from fvr_bench.data.base import ClipSample, VideoDataset
-from fvr_bench.degradations import LQCache
+from fvr_bench.config import build
+from fvr_bench.degradations import LQCache, build_degradation
 from fvr_bench.errors import ConfigError, RestorerOutputError
 from fvr_bench.metrics.base import VideoMetric
 from fvr_bench.results import ResultStore
@@ -45,17 +45,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def degrade_cached(degradation, cache: LQCache, sample: ClipSample, seed: int):
-    """The degraded clip of ``sample.gt`` for (degradation, seed), from the lossless cache
-    when present: every method and every export sees bit-identical LQ input."""
-    key = degradation.key()
-    degraded = cache.load(key, seed, sample.clip_id)
-    if degraded is None:
-        degraded = degradation(to_numpy(sample.gt), seed=seed, clip_id=sample.clip_id)
-        cache.save(key, seed, sample.clip_id, degraded)
-    return degraded
-
-
 def run_identity(cfg: DictConfig) -> dict[str, Any]:
     """The configuration fields that must match for two runs to share a run directory."""
     return {
@@ -75,10 +64,10 @@ class Evaluator:
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
         self.device = resolve_device(cfg.device)
-        self.dataset: VideoDataset = instantiate(cfg.data)
-        self.degradation = instantiate(cfg.degradation)
+        self.dataset: VideoDataset = build(cfg.data, "data")
+        self.degradation = build_degradation(cfg.degradation)
         self.metrics: dict[str, VideoMetric] = {
-            metric_id: instantiate(metric_cfg) for metric_id, metric_cfg in cfg.metrics["items"].items()
+            metric_id: build(metric_cfg, f"metric {metric_id}") for metric_id, metric_cfg in cfg.metrics["items"].items()
         }
         for metric_id, metric in self.metrics.items():
             if metric.metric_id != metric_id:
@@ -91,7 +80,7 @@ class Evaluator:
                     f"use a no-reference metric set (e.g. metrics=no_reference)"
                 )
             metric.to(self.device)
-        self.restorer = instantiate(cfg.method.restorer)
+        self.restorer = build(cfg.method.restorer, f"method {cfg.method.name}")
         if hasattr(self.restorer, "to"):
             self.restorer.to(self.device)
         self.cache = LQCache(Path(cfg.paths.cache_dir) / "lq")
@@ -103,7 +92,7 @@ class Evaluator:
         """The LQ input of a clip: the dataset's own, or the GT degraded (cached, seeded)."""
         if sample.lq is not None:
             return PreparedInput(sample.lq[None], None, self.degradation.task)
-        degraded = degrade_cached(self.degradation, self.cache, sample, self.cfg.seed)
+        degraded = self.cache.get_or_compute(self.degradation, self.cfg.seed, sample.clip_id, lambda: to_numpy(sample.gt))
         mask = None
         if degraded.mask is not None:
             mask = torch.from_numpy(np.ascontiguousarray(degraded.mask))[None, :, None]

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-TASKS = ("bfr", "colorization", "inpainting", "deflicker")
+from fvr_bench.degradations.base import TASKS  # noqa: F401  (re-exported: the tasks a restorer may get)
 
 
 @runtime_checkable

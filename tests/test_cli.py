@@ -1,0 +1,59 @@
+"""The command line as a user types it (subprocesses: exit codes and messages)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+
+from conftest import overrides
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "fvr_bench", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_list_groups():
+    result = cli("list", "degradations")
+    assert result.returncode == 0
+    for preset in ("none", "vividface_bfr", "bfvr_stc_bfr", "ip_fvr_heavy", "svfr_inpainting"):
+        assert preset in result.stdout
+    assert "bicubic" in cli("list", "methods").stdout
+    assert cli("list", "nonsense").returncode != 0
+
+
+def test_unknown_option_fails_clearly(tmp_path):
+    result = cli("run", "method=no_such_method", f"paths.output_dir={tmp_path}")
+    assert result.returncode != 0
+    assert "no_such_method" in result.stderr and "Available options" in result.stderr
+    result = cli("frobnicate")
+    assert result.returncode != 0 and "unknown command" in result.stderr
+
+
+def test_missing_dataset_names_the_card(tmp_path):
+    result = cli("run", "data=vfhq_test", f"paths.data_dir={tmp_path / 'nowhere'}", f"paths.output_dir={tmp_path}")
+    assert result.returncode == 2
+    assert "datasets/vfhq_test/README.md" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_multirun_then_leaderboard(tiny_data_dir, tmp_path):
+    args = overrides(tiny_data_dir, tmp_path, "metrics=fidelity", "degradation=ip_fvr_light")
+    result = cli("run", "-m", "method=identity,bicubic", *args)
+    assert result.returncode == 0, result.stderr
+    result = cli("leaderboard", f"paths.output_dir={tmp_path / 'outputs'}")
+    assert result.returncode == 0, result.stderr
+    board = pd.read_csv(tmp_path / "outputs" / "leaderboard.csv")
+    assert sorted(board["method"]) == ["bicubic", "identity"]
+    assert {"psnr_y", "ssim_rgb"} <= set(board.columns)
+    assert "| sample | ip_fvr_light | bicubic |" in result.stdout
+
+
+def test_data_degrade_exports_the_cached_lq(tiny_data_dir, tmp_path):
+    args = overrides(tiny_data_dir, tmp_path, "degradation=svfr_inpainting")
+    result = cli("data", "degrade", *[a for a in args if not a.startswith("progress")], f"out={tmp_path / 'export'}")
+    assert result.returncode == 0, result.stderr
+    exported = sorted((tmp_path / "export" / "lq").rglob("*.png"))
+    assert len(exported) == 27
+    assert len(sorted((tmp_path / "export" / "mask").rglob("*.png"))) == 27
