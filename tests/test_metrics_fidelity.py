@@ -4,14 +4,13 @@ the BT.601-Y variant, crop_border, quantisation, ids/provenance, and a DDP-style
 from __future__ import annotations
 
 import importlib.util
-import sys
-import types
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from basicsr_reference import load_basicsr
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -94,38 +93,7 @@ def test_psnr_ssim_match_scikit_image_on_real_distortions(pairs, color_space):
 
 
 def _load_basicsr_psnr_ssim():
-    """BasicSR's psnr_ssim.py, loaded by file path: ``import basicsr`` would run its package
-    __init__, which imports the whole training stack. ``pip install --no-deps basicsr-fixed``."""
-    spec = importlib.util.find_spec("basicsr")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("BasicSR reference not installed (pip install --no-deps basicsr-fixed==1.4.2)")
-    root = Path(list(spec.submodule_search_locations)[0])
-    names = ["basicsr", "basicsr.utils", "basicsr.metrics", "basicsr.utils.color_util", "basicsr.utils.registry",
-             "basicsr.metrics.metric_util"]
-    saved = {name: sys.modules.get(name) for name in names}
-
-    def load(name: str, path: Path):
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        module_spec.loader.exec_module(module)
-        return module
-
-    try:
-        for package, folder in (("basicsr", root), ("basicsr.utils", root / "utils"), ("basicsr.metrics", root / "metrics")):
-            stub = types.ModuleType(package)
-            stub.__path__ = [str(folder)]
-            sys.modules[package] = stub
-        sys.modules["basicsr.utils"].bgr2ycbcr = load("basicsr.utils.color_util", root / "utils" / "color_util.py").bgr2ycbcr
-        load("basicsr.utils.registry", root / "utils" / "registry.py")
-        load("basicsr.metrics.metric_util", root / "metrics" / "metric_util.py")
-        return load("_basicsr_psnr_ssim_reference", root / "metrics" / "psnr_ssim.py")
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
+    return load_basicsr("metrics/psnr_ssim.py")[0]
 
 
 @pytest.mark.parametrize("crop_border", [0, 4])

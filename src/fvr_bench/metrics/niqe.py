@@ -81,7 +81,7 @@ import torch
 import torch.nn.functional as F
 
 from fvr_bench.errors import ConfigError, WeightsMissingError
-from fvr_bench.metrics.base import Provenance, VideoMetric
+from fvr_bench.metrics.base import VideoMetric
 from fvr_bench.metrics.fidelity import quantize_8bit
 from fvr_bench.video import rgb_to_y
 
@@ -513,16 +513,8 @@ class NIQE(VideoMetric):
             "block_size": BLOCK,
         }
 
-    def provenance(self) -> Provenance:
-        cls = type(self)
-        return Provenance(
-            metric_id=self.metric_id,
-            implementation=f"{cls.__module__}.{cls.__qualname__}",
-            backend_version=self.backend_version(),
-            weights=self.model_file.name,
-            weights_sha256=self.model_sha256,
-            settings=self.settings(),
-        )
+    def weights_file(self) -> tuple[str | None, str | None]:
+        return self.model_file.name, self.model_sha256
 
 
 __all__ = [
