@@ -77,6 +77,24 @@ class VideoMetric(Metric):
         """``(file name, sha256)`` of the pretrained file the number depends on, if any."""
         return None, None
 
+    def required_weights(self) -> list[str]:
+        """Names (keys of :data:`fvr_bench.weights.REGISTRY`) of the pretrained files this
+        metric needs with its current settings. The evaluator checks them all before the
+        first clip; a metric loads them lazily (on its first update), never at import."""
+        return []
+
+    # -- set-level metrics (FVD): features per clip, one value for the whole set ------
+
+    def clip_features(self, preds: torch.Tensor, target: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """``level = "set"`` only: ``(B, T, 3, H, W)`` → named feature arrays ``(B, D)``
+        (e.g. ``{"pred": …, "target": …}``). The evaluator stores them per clip, so a
+        resumed run computes the same set value."""
+        raise NotImplementedError
+
+    def set_value(self, features: dict[str, torch.Tensor]) -> float:
+        """``level = "set"`` only: the metric over all clips from stacked ``(N, D)`` features."""
+        raise NotImplementedError
+
     # -- the contract ----------------------------------------------------------------
 
     def update(self, preds: torch.Tensor, target: torch.Tensor | None = None) -> None:

@@ -431,7 +431,8 @@ class NIQE(VideoMetric):
             BasicSR default).
         crop_border: pixels removed from each edge first.
         quantize: round RGB to 8-bit levels first.
-        chunk_frames: frames per batched pass.
+        chunk_frames: frames per batched pass; None: 1 on a CPU (cache-friendly, fastest),
+            8 on a GPU.
     """
 
     metric_id: ClassVar[str] = "niqe"
@@ -446,7 +447,7 @@ class NIQE(VideoMetric):
         color_space: str = "gray",
         crop_border: int = 0,
         quantize: bool = True,
-        chunk_frames: int = 8,
+        chunk_frames: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -464,7 +465,7 @@ class NIQE(VideoMetric):
         self.color_space = color_space
         self.crop_border = int(crop_border)
         self.quantize = bool(quantize)
-        self.chunk_frames = max(1, int(chunk_frames))
+        self.chunk_frames = None if chunk_frames is None else max(1, int(chunk_frames))
 
     def gray_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` in [0, 1] → ``(N, 1, H', W')`` float64 grey on [0, 255], cropped
@@ -498,9 +499,10 @@ class NIQE(VideoMetric):
         flat = preds.reshape(batch * frames, *preds.shape[2:])
         if flat.shape[1] == 1:  # grey clips: three equal channels give the same grey value
             flat = flat.expand(-1, 3, -1, -1)
+        chunk = self.chunk_frames or (8 if flat.is_cuda else 1)
         scores = [
-            self.scores_of_gray(self.gray_frames(flat[start : start + self.chunk_frames]))
-            for start in range(0, flat.shape[0], self.chunk_frames)
+            self.scores_of_gray(self.gray_frames(flat[start : start + chunk]))
+            for start in range(0, flat.shape[0], chunk)
         ]
         return torch.cat(scores).reshape(batch, frames)
 
