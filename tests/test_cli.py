@@ -55,5 +55,5 @@ def test_data_degrade_exports_the_cached_lq(tiny_data_dir, tmp_path):
     result = cli("data", "degrade", *[a for a in args if not a.startswith("progress")], f"out={tmp_path / 'export'}")
     assert result.returncode == 0, result.stderr
     exported = sorted((tmp_path / "export" / "lq").rglob("*.png"))
-    assert len(exported) == 27
-    assert len(sorted((tmp_path / "export" / "mask").rglob("*.png"))) == 27
+    assert len(exported) == 18
+    assert len(sorted((tmp_path / "export" / "mask").rglob("*.png"))) == 18

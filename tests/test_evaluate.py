@@ -30,10 +30,10 @@ def test_default_run(tiny_data_dir, tmp_path):
     assert run_dir == tmp_path / "outputs" / "sample" / "vividface_bfr" / "bicubic"
     table = summary(run_dir)
     assert set(table.index) == {"psnr_rgb", "psnr_y", "ssim_rgb", "ssim_y", "niqe"}
-    assert (table["n_clips"] == 3).all()
+    assert (table["n_clips"] == 2).all()
     assert 15 < table.loc["psnr_y", "value"] < 45
     per_clip = pd.read_csv(run_dir / "per_clip.csv")
-    assert len(per_clip) == 3 * 5 and not per_clip.duplicated(["clip_id", "metric"]).any()
+    assert len(per_clip) == 2 * 5 and not per_clip.duplicated(["clip_id", "metric"]).any()
     assert (run_dir / "config.yaml").exists() and (run_dir / "provenance.json").exists()
 
 
@@ -49,7 +49,7 @@ def test_two_runs_give_bit_identical_lq_and_summaries(tiny_data_dir, tmp_path):
     second = run(tiny_data_dir, tmp_path / "b")
     lq_a = sorted((tmp_path / "a" / "cache").rglob("*.png"))
     lq_b = sorted((tmp_path / "b" / "cache").rglob("*.png"))
-    assert len(lq_a) == 27 and len(lq_a) == len(lq_b)
+    assert len(lq_a) == 18 and len(lq_a) == len(lq_b)
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(lq_a, lq_b))
     assert (first / "summary.csv").read_bytes() == (second / "summary.csv").read_bytes()
 

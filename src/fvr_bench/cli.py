@@ -23,6 +23,7 @@ commands:
   leaderboard   merge every run under paths.output_dir into leaderboard.csv and .md
   list          list the options of a config group: methods | data | degradations | metrics
   data          data prepare sample | data degrade data=<d> degradation=<g> seed=<n> out=<dir>
+  weights       weights status | weights fetch <name>   (the only command that downloads)
 """
 
 LIST_GROUPS = {"methods": "method", "method": "method", "data": "data", "degradations": "degradation",
@@ -161,10 +162,40 @@ def _data_degrade(args: list[str]) -> None:
     print(f"LQ set: {out_dir / 'lq'} ({degradation.name}, seed {cfg.seed})")
 
 
+# ------------------------------------------------------------------------- weights
+
+
+def weights_command(args: list[str]) -> None:
+    from fvr_bench import weights
+
+    if args == ["status"] or not args:
+        rows = weights.status()
+        width = max(len(row["name"]) for row in rows)
+        for row in rows:
+            print(f"{row['name']:{width}s}  {row['state']:7s}  {row['path']}  (used by {row['used_by']})")
+        missing = sum(row["state"] == "missing" for row in rows)
+        print(f"\n{len(rows) - missing} of {len(rows)} files found; put missing files in "
+              f"$FVR_BENCH_WEIGHTS or {weights.USER_CACHE}, or `weights fetch <name>` where a link exists")
+        return
+    if args[0] == "fetch" and len(args) == 2:
+        try:
+            print(f"{args[1]}: {weights.fetch(args[1])}")
+        except FvrBenchError as error:
+            fail(str(error))
+        return
+    fail("usage: weights status | weights fetch <name>")
+
+
 # ------------------------------------------------------------------------- entry
 
 
-COMMANDS = {"run": run_command, "leaderboard": leaderboard_command, "list": list_command, "data": data_command}
+COMMANDS = {
+    "run": run_command,
+    "leaderboard": leaderboard_command,
+    "list": list_command,
+    "data": data_command,
+    "weights": weights_command,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,8 @@ import fvr_bench
 from fvr_bench.config import build
 from fvr_bench.data.base import ClipSample, VideoDataset
 from fvr_bench.degradations import LQCache, build_degradation
-from fvr_bench.errors import ConfigError, RestorerOutputError
+from fvr_bench import weights
+from fvr_bench.errors import ConfigError, RestorerOutputError, WeightsMissingError
 from fvr_bench.metrics.base import VideoMetric
 from fvr_bench.results import ResultStore
 from fvr_bench.video import to_numpy, to_tensor, write_frame_folder, write_video
@@ -80,11 +81,35 @@ class Evaluator:
                     f"use a no-reference metric set (e.g. metrics=no_reference)"
                 )
             metric.to(self.device)
+        self.unavailable = self.check_weights(cfg.allow_missing)
         self.restorer = build(cfg.method.restorer, f"method {cfg.method.name}")
         if hasattr(self.restorer, "to"):
             self.restorer.to(self.device)
         self.cache = LQCache(Path(cfg.paths.cache_dir) / "lq")
         self.store = ResultStore(self.run_dir)
+
+    def check_weights(self, allow_missing: bool) -> dict[str, str]:
+        """Check every metric's pretrained files before the first clip.
+
+        Missing files stop the run with the whole list, unless ``allow_missing``: then the
+        metrics that lack them are dropped and reported as unavailable with the reason.
+        Never random weights in a real run.
+        """
+        missing = {metric_id: metric.missing_weights() for metric_id, metric in self.metrics.items()}
+        missing = {metric_id: names for metric_id, names in missing.items() if names}
+        if not missing:
+            return {}
+        if not allow_missing:
+            names = sorted({name for names in missing.values() for name in names})
+            raise WeightsMissingError(
+                f"metrics {', '.join(sorted(missing))} need pretrained files that are not here "
+                f"(or run with allow_missing=true to compute the other metrics):\n"
+                + "\n".join(weights.missing_message(name) for name in names)
+            )
+        for metric_id, names in missing.items():
+            log.warning("metric %s unavailable: missing %s", metric_id, ", ".join(names))
+            del self.metrics[metric_id]
+        return {metric_id: f"unavailable: missing pretrained file(s) {', '.join(names)}" for metric_id, names in missing.items()}
 
     # -- inputs ----------------------------------------------------------------------
 
@@ -140,11 +165,19 @@ class Evaluator:
         target = sample.gt[None].to(self.device) if sample.gt is not None else None
         rows = []
         for metric_id, metric in self.metrics.items():
-            metric.update(preds, target if metric.needs_reference else None)
+            reference = target if metric.needs_reference else None
+            if metric.level == "set":
+                # the set value needs every clip: keep this clip's features, value comes at the end
+                features = metric.clip_features(preds, reference)
+                self.store.save_features(metric_id, sample.clip_id, {k: v.double().cpu().numpy() for k, v in features.items()})
+                value = float("nan")
+            else:
+                metric.update(preds, reference)
+                value = float(metric.latest().item())
             rows.append(
                 {
                     "metric": metric_id,
-                    "value": float(metric.latest().item()),
+                    "value": value,
                     "higher_is_better": metric.higher_is_better,
                     "provenance_id": metric.provenance().provenance_id,
                     "frames": preds.shape[1],
@@ -189,8 +222,32 @@ class Evaluator:
             if self.cfg.save_restored not in (None, False, "none"):
                 self.save_restored(clip_id, restored, sample.fps)
             self.store.append_clip(clip_id, rows, seconds=seconds)
-        self.store.write_summary()
+        self.store.write_summary(self.set_level_rows(clip_ids))
         return self.run_dir
+
+    def set_level_rows(self, clip_ids: list[str]) -> list[dict[str, Any]]:
+        """Summary rows of set-level metrics (from the stored features of every clip) and of
+        metrics that could not run."""
+        rows = []
+        for metric_id, metric in self.metrics.items():
+            if metric.level != "set":
+                continue
+            stacked = self.store.load_features(metric_id, clip_ids)
+            features = {name: torch.from_numpy(array) for name, array in stacked.items()}
+            rows.append({
+                "metric": metric_id,
+                "value": float(metric.set_value(features)),
+                "std": float("nan"),
+                "n_clips": len(clip_ids),
+                "higher_is_better": metric.higher_is_better,
+                "provenance_id": metric.provenance().provenance_id,
+            })
+        for metric_id, reason in self.unavailable.items():
+            rows.append({
+                "metric": metric_id, "value": float("nan"), "std": float("nan"), "n_clips": 0,
+                "higher_is_better": "", "provenance_id": "unavailable", "note": reason,
+            })
+        return rows
 
 
 def evaluate(cfg: DictConfig) -> Path:

@@ -26,12 +26,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 
 from fvr_bench.errors import ResultsMismatchError
 
 PER_CLIP_COLUMNS = ["clip_id", "metric", "value", "higher_is_better", "provenance_id", "frames"]
-SUMMARY_COLUMNS = ["metric", "value", "std", "n_clips", "higher_is_better", "provenance_id"]
+SUMMARY_COLUMNS = ["metric", "value", "std", "n_clips", "higher_is_better", "provenance_id", "note"]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -135,17 +136,51 @@ class ResultStore:
         stored.update(provenance)
         atomic_write_text(self.provenance_path, json.dumps(stored, indent=2, sort_keys=True, default=str) + "\n")
 
+    # -- set-level features ----------------------------------------------------------
+
+    def features_path(self, metric_id: str, clip_id: str) -> Path:
+        return self.run_dir / "features" / metric_id / f"{clip_id}.npz"
+
+    def save_features(self, metric_id: str, clip_id: str, features: dict[str, np.ndarray]) -> None:
+        """Per-clip features of a set-level metric (FVD), written before the clip's rows so
+        a finished clip always has them."""
+        path = self.features_path(metric_id, clip_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(handle, **features)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def load_features(self, metric_id: str, clip_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """Features of ``clip_ids`` stacked in that order → ``{name: (N, D)}``."""
+        stacked: dict[str, list[np.ndarray]] = {}
+        for clip_id in clip_ids:
+            with np.load(self.features_path(metric_id, clip_id)) as data:
+                for name in data.files:
+                    stacked.setdefault(name, []).append(data[name].reshape(1, -1))
+        return {name: np.concatenate(parts) for name, parts in stacked.items()}
+
     # -- summary ---------------------------------------------------------------------
 
-    def write_summary(self) -> pd.DataFrame:
+    def write_summary(self, extra_rows: Iterable[dict[str, Any]] = ()) -> pd.DataFrame:
         """Mean and standard deviation over clips of every metric, from ``per_clip.csv``.
 
         Infinite values (PSNR of identical frames) are kept out of the mean and counted in
-        ``n_clips`` only when finite; the summary says so through ``n_clips``.
+        ``n_clips`` only when finite; the summary says so through ``n_clips``. Rows whose
+        values are all NaN (set-level metrics, whose value comes from ``extra_rows``) are
+        not averaged. ``extra_rows``: set-level values and unavailable metrics.
         """
         rows = []
         per_clip = self.per_clip()
+        extra_rows = list(extra_rows)
+        set_level = {row["metric"] for row in extra_rows}
         for (metric, provenance_id), group in per_clip.groupby(["metric", "provenance_id"], sort=True):
+            if metric in set_level:
+                continue
             values = [v for v in group["value"].astype(float) if math.isfinite(v)]
             mean = math.fsum(values) / len(values) if values else float("nan")
             std = (
@@ -159,7 +194,10 @@ class ResultStore:
                     "n_clips": len(values),
                     "higher_is_better": bool(group["higher_is_better"].iloc[0]),
                     "provenance_id": provenance_id,
+                    "note": "",
                 }
             )
+        rows.extend({"note": "", **row} for row in extra_rows)
+        rows.sort(key=lambda row: row["metric"])
         atomic_write_text(self.summary_path, _csv_text(rows, SUMMARY_COLUMNS, True))
         return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)

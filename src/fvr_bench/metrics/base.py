@@ -83,6 +83,12 @@ class VideoMetric(Metric):
         first clip; a metric loads them lazily (on its first update), never at import."""
         return []
 
+    def missing_weights(self) -> list[str]:
+        """The required files that cannot be found (metrics with an explicit path override)."""
+        from fvr_bench import weights
+
+        return [name for name in self.required_weights() if weights.find(name) is None]
+
     # -- set-level metrics (FVD): features per clip, one value for the whole set ------
 
     def clip_features(self, preds: torch.Tensor, target: torch.Tensor | None) -> dict[str, torch.Tensor]:

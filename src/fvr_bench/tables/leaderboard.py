@@ -27,6 +27,7 @@ def load_runs(output_dir: Path) -> pd.DataFrame:
             continue  # a run that has not finished a single pass yet
         identity = json.loads(run_json.read_text())
         summary = pd.read_csv(summary_path)
+        summary = summary[summary["provenance_id"] != "unavailable"]  # said in the run's summary, not a column
         summary["data"] = identity["data"].get("name", "?")
         summary["degradation"] = identity["degradation"].get("name", "?")
         summary["method"] = identity["method"].get("name", "?")
@@ -92,7 +93,10 @@ def format_summary(run_dir: str | Path) -> str:
     summary = pd.read_csv(Path(run_dir) / "summary.csv")
     lines = [f"{'metric':14s} {'value':>12s} {'std':>10s} {'clips':>6s}  provenance"]
     for _, row in summary.iterrows():
-        arrow = "↑" if row["higher_is_better"] else "↓"
+        if row["provenance_id"] == "unavailable":
+            lines.append(f"{row['metric']:14s} {'–':>12s} {'':>10s} {0:6d}  {row['note']}")
+            continue
+        arrow = "↑" if str(row["higher_is_better"]) == "True" else "↓"
         lines.append(
             f"{row['metric'] + ' ' + arrow:14s} {row['value']:12.4f} {row['std']:10.4f} {int(row['n_clips']):6d}  {row['provenance_id']}"
         )

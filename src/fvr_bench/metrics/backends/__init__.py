@@ -1,0 +1,1 @@
+"""Pretrained networks that metrics run on (ports of reference models, weight loading)."""
