@@ -14,6 +14,16 @@ from pathlib import Path
 
 from fvr_bench.errors import FvrBenchError
 
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    # run directories of compat runs never collide with corrected-definition runs
+    if not OmegaConf.has_resolver("fvr.compat_tag"):
+        OmegaConf.register_new_resolver("fvr.compat_tag", lambda compat: "+compat" if compat else "")
+
+
+_register_resolvers()
+
 CONF_DIR = Path(os.environ.get("FVR_BENCH_CONF", Path(__file__).resolve().parents[2] / "conf"))
 
 USAGE = """usage: python -m fvr_bench <command> [options] [key=value ...]
@@ -21,13 +31,14 @@ USAGE = """usage: python -m fvr_bench <command> [options] [key=value ...]
 commands:
   run           evaluate a restorer: method=<m> data=<d> degradation=<g> metrics=<set> seed=<n> [-m for sweeps]
   leaderboard   merge every run under paths.output_dir into leaderboard.csv and .md
-  list          list the options of a config group: methods | data | degradations | metrics
+  list          list the options of a config group: methods | data | degradations | metrics | protocols
   data          data prepare sample | data degrade data=<d> degradation=<g> seed=<n> out=<dir>
   weights       weights status | weights fetch <name>   (the only command that downloads)
 """
 
 LIST_GROUPS = {"methods": "method", "method": "method", "data": "data", "degradations": "degradation",
-               "degradation": "degradation", "metrics": "metrics"}
+               "degradation": "degradation", "metrics": "metrics", "protocols": "protocol",
+               "protocol": "protocol"}
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -93,7 +104,7 @@ def leaderboard_command(args: list[str]) -> None:
 
 def list_command(args: list[str]) -> None:
     if len(args) != 1 or args[0] not in LIST_GROUPS:
-        fail(f"list what? one of: {', '.join(sorted(set(LIST_GROUPS) - {'method', 'degradation'}))}")
+        fail(f"list what? one of: {', '.join(sorted(set(LIST_GROUPS) - {'method', 'degradation', 'protocol'}))}")
     group = LIST_GROUPS[args[0]]
     for path in sorted((CONF_DIR / group).glob("*.yaml")):
         print(f"{path.stem:28s} {_description(path)}")

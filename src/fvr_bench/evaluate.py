@@ -54,6 +54,8 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
         "degradation": OmegaConf.to_container(cfg.degradation, resolve=True),
         "metrics": OmegaConf.to_container(cfg.metrics, resolve=True),
         "seed": cfg.seed,
+        "protocol": cfg.protocol_name,
+        "compat": cfg.compat,
         "code_version": fvr_bench.__version__,
     }
 
