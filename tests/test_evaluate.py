@@ -123,3 +123,19 @@ def test_reference_metric_on_a_set_without_ground_truth(tmp_path, carphone):
     cfg = compose("run", overrides(tmp_path, tmp_path, "data=folder", "data.root=null", f"data.lq_root={root}"))
     with pytest.raises(ConfigError, match="needs ground truth"):
         evaluate(cfg)
+
+
+def test_paper_protocol_runs_every_offline_column(tiny_data_dir, tmp_path):
+    """protocol=vividface_t1 end to end: the offline metrics are measured, the ones whose
+    weights are absent are reported unavailable (never computed with random weights)."""
+    from fvr_bench import weights
+
+    run_dir = run(tiny_data_dir, tmp_path, "protocol=vividface_t1", "allow_missing=true", "data.resize=null")
+    assert run_dir.parent.name == "vividface_t1"
+    table = summary(run_dir)
+    measured = table[table["provenance_id"] != "unavailable"]
+    assert {"psnr_y", "ssim_rgb", "akd_mediapipe", "facecons_id", "fvd"} <= set(measured.index)
+    assert measured["value"].notna().all()
+    for metric_id in set(table.index) - set(measured.index):
+        assert "missing pretrained file" in table.loc[metric_id, "note"]
+        assert any(weights.find(name) is None for name in weights.REGISTRY if metric_id in weights.REGISTRY[name].used_by)
