@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from conftest import overrides
 from hydra.utils import instantiate
 
-from conftest import overrides
 from fvr_bench.cli import CONF_DIR, compose
 from fvr_bench.errors import DataError
 

@@ -14,7 +14,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fvr_bench.data.folder import ClipFolderDataset, clip_sha256, read_manifest, write_manifest
+from fvr_bench.data.folder import (
+    ClipFolderDataset,
+    clip_sha256,
+    read_manifest,
+    write_manifest,
+)
 from fvr_bench.data.sample import (
     SOURCES,
     CropBox,

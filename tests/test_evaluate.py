@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import overrides
+
 from fvr_bench.cli import compose
 from fvr_bench.errors import ConfigError, RestorerOutputError, ResultsMismatchError
 from fvr_bench.evaluate import evaluate

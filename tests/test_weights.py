@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from conftest import overrides
+
 from fvr_bench import weights
 from fvr_bench.cli import compose
 from fvr_bench.errors import WeightsMissingError

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fvr_bench.errors import FvrBenchError
 
+
 def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 

