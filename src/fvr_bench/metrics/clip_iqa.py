@@ -66,7 +66,6 @@ import torch.nn.functional as F
 
 from fvr_bench.errors import ConfigError
 from fvr_bench.metrics.backends.clip import (
-    BPE_VOCAB_FILENAME,
     CLIP_MEAN,
     CLIP_STD,
     POSITIONAL_MODES,
@@ -160,25 +159,21 @@ class _CLIPPromptMetric(VideoMetric):
     # -- weights ---------------------------------------------------------------------
 
     def required_weights(self) -> list[str]:
-        from fvr_bench import weights
         from fvr_bench.metrics.backends.clip import BPE_VOCAB_REGISTRY_NAME
 
         names = [self.weights_name] if self.pretrained else []
-        if BPE_VOCAB_REGISTRY_NAME in weights.REGISTRY and not self.vocab_path:
+        if not self.vocab_path:
             names.append(BPE_VOCAB_REGISTRY_NAME)
         return names
 
     def missing_weights(self) -> list[str]:
-        from fvr_bench import weights
         from fvr_bench.metrics.backends.clip import (
             BPE_VOCAB_REGISTRY_NAME,
             find_bpe_vocab,
         )
 
         missing = self.files.missing() if self.pretrained else []
-        # the vocabulary is only reported by name once the registry declares it; until
-        # then a missing vocabulary raises WeightsMissingError on first use
-        if BPE_VOCAB_REGISTRY_NAME in weights.REGISTRY and find_bpe_vocab(self.vocab_path) is None:
+        if find_bpe_vocab(self.vocab_path) is None:
             missing.append(BPE_VOCAB_REGISTRY_NAME)
         return missing
 
@@ -259,7 +254,7 @@ class _CLIPPromptMetric(VideoMetric):
             "backbone": self.backbone,
             "input": "native resolution, CLIP mean/std",
             "quantize": self.quantize,
-            "tokenizer": f"OpenAI CLIP BPE ({BPE_VOCAB_FILENAME})",
+            "tokenizer": "OpenAI CLIP BPE (bpe_simple_vocab_16e6.txt.gz)",
             "reference_implementation": "pyiqa",
         }
         if not self.pretrained:

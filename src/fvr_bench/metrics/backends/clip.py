@@ -577,58 +577,27 @@ def build_clip(
 # --------------------------------------------------------------------------- tokenizer
 
 #: OpenAI CLIP's byte-level BPE vocabulary (49 152 entries: 256 bytes ×2 + 48 894 merges +
-#: 2 specials); the same file ships in ``open_clip_torch`` and ``openai-clip`` (PyPI).
-BPE_VOCAB_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
-BPE_VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+#: 2 specials), declared in :mod:`fvr_bench.weights` (it ships in ``open_clip_torch``).
 BPE_VOCAB_REGISTRY_NAME = "clip_bpe_vocab"
-#: Installed packages that ship the vocabulary: (import name, path inside it).
-BPE_VOCAB_PACKAGES = (("open_clip", BPE_VOCAB_FILENAME), ("clip", BPE_VOCAB_FILENAME))
+BPE_VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 
 
 def find_bpe_vocab(explicit: str | os.PathLike | None = None) -> Path | None:
-    """The vocabulary file: ``explicit``; the registry entry ``clip_bpe_vocab`` when the
-    registry declares one; ``$FVR_BENCH_WEIGHTS``; ``~/.cache/fvr_bench/weights``; inside
-    ``open_clip_torch`` / ``openai-clip`` when installed (found without importing them)."""
+    """The vocabulary file by the registry's lookup order, or None."""
     from fvr_bench import weights
 
     if explicit:
         path = Path(explicit).expanduser()
         return path if path.is_file() else None
-    if BPE_VOCAB_REGISTRY_NAME in weights.REGISTRY:
-        return weights.find(BPE_VOCAB_REGISTRY_NAME)
-    candidates = []
-    if os.environ.get("FVR_BENCH_WEIGHTS"):
-        candidates.append(Path(os.environ["FVR_BENCH_WEIGHTS"]).expanduser() / BPE_VOCAB_FILENAME)
-    candidates.append(weights.USER_CACHE.expanduser() / BPE_VOCAB_FILENAME)
-    for package, inner in BPE_VOCAB_PACKAGES:
-        root = weights._package_dir(package)
-        if root is not None:
-            candidates.append(root / inner)
-    return next((p for p in candidates if p.is_file()), None)
+    return weights.find(BPE_VOCAB_REGISTRY_NAME)
 
 
 def locate_bpe_vocab(explicit: str | os.PathLike | None = None, verify: bool = True) -> Path:
-    """:func:`find_bpe_vocab` or :class:`WeightsMissingError` naming the file; with
-    ``verify`` the file must have OpenAI's sha256."""
+    """The vocabulary file or :class:`WeightsMissingError` naming it; with ``verify`` it
+    must have OpenAI's sha256."""
     from fvr_bench import weights
-    from fvr_bench.errors import WeightsMissingError
 
-    path = find_bpe_vocab(explicit)
-    if path is None:
-        where = f"the configured path {explicit}" if explicit else (
-            f"$FVR_BENCH_WEIGHTS/{BPE_VOCAB_FILENAME}, {weights.USER_CACHE / BPE_VOCAB_FILENAME}, "
-            "or inside an installed open_clip_torch / openai-clip package"
-        )
-        raise WeightsMissingError(
-            f"CLIP tokenizer vocabulary ({BPE_VOCAB_FILENAME}) not found; needed by clipiqa, liqe.\n"
-            f"  source: OpenAI CLIP, shipped in open_clip_torch (PyPI; `pip install --no-deps open_clip_torch`)\n"
-            f"  looked in: {where}"
-        )
-    if verify:
-        actual = weights.sha256_of(path)
-        if actual != BPE_VOCAB_SHA256:
-            raise WeightsMissingError(f"{path}: sha256 {actual[:16]}… is not OpenAI's CLIP vocabulary {BPE_VOCAB_SHA256[:16]}…")
-    return path
+    return weights.locate(BPE_VOCAB_REGISTRY_NAME, explicit, verify=verify)
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -748,7 +717,6 @@ class SimpleTokenizer:
 
 
 __all__ = [
-    "BPE_VOCAB_FILENAME",
     "BPE_VOCAB_SHA256",
     "CLIP_MEAN",
     "CLIP_STD",
