@@ -35,7 +35,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fvr_bench.errors import ConfigError
 from fvr_bench.metrics.backends.clip import (
@@ -47,16 +46,15 @@ from fvr_bench.metrics.backends.clip import (
     infer_config,
     load_openai_visual_state_dict,
 )
-from fvr_bench.metrics.base import VideoMetric
 from fvr_bench.metrics.fidelity import quantize_8bit
-from fvr_bench.metrics.perceptual import PretrainedFiles
+from fvr_bench.metrics.perceptual import PretrainedFiles, _PerceptualMetric
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "clip_vit_b32"
 
 
-class FaceConsCLIP(VideoMetric):
+class FaceConsCLIP(_PerceptualMetric):
     """EvalCrafter's CLIP face consistency per clip (see the module docstring).
 
     Input ``(B, T, 3, H, W)`` float RGB in [0, 1], T ≥ 2; output ``(B,)`` float32 mean
@@ -93,30 +91,12 @@ class FaceConsCLIP(VideoMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if chunk_frames is not None and (isinstance(chunk_frames, bool) or int(chunk_frames) < 1):
-            raise ConfigError(f"facecons_clip: chunk_frames must be a positive integer or null, got {chunk_frames!r}")
+        self._init_common(pretrained, seed, quantize, chunk_frames, verify_weights)
         self.clip_normalize = bool(clip_normalize)
         self.antialias = bool(antialias)
-        self.quantize = bool(quantize)
-        self.pretrained = bool(pretrained)
-        self.seed = int(seed)
-        self.chunk_frames = None if chunk_frames is None else int(chunk_frames)
         self.files = PretrainedFiles({WEIGHTS_NAME: weights_path}, verify_weights)
-        # plain dict, not a submodule: Metric.to()/state_dict() never see the encoder
-        self._nets: dict[str, nn.Module] = {}
 
     # -- weights ---------------------------------------------------------------------
-
-    def required_weights(self) -> list[str]:
-        return [WEIGHTS_NAME] if self.pretrained else []
-
-    def missing_weights(self) -> list[str]:
-        return self.files.missing() if self.pretrained else []
-
-    def weights_file(self) -> tuple[str | None, str | None]:
-        if not self.pretrained:
-            return f"random(seed={self.seed})", None
-        return self.files.describe()
 
     def encoder(self, device: torch.device | str = "cpu") -> VisionTransformer:
         """The CLIP image encoder (float32, eval) on ``device``; loaded on the first call."""

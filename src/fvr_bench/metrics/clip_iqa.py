@@ -80,9 +80,8 @@ from fvr_bench.metrics.backends.clip import (
     load_openai_state_dict,
     locate_bpe_vocab,
 )
-from fvr_bench.metrics.base import VideoMetric
 from fvr_bench.metrics.fidelity import quantize_8bit
-from fvr_bench.metrics.perceptual import PretrainedFiles
+from fvr_bench.metrics.perceptual import PretrainedFiles, _PerceptualMetric
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +118,7 @@ def clip_normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-class _CLIPPromptMetric(VideoMetric):
+class _CLIPPromptMetric(_PerceptualMetric):
     """Shared machinery: lazy CLIP + tokenizer, cached prompt features, frame chunking."""
 
     higher_is_better: ClassVar[bool] = True
@@ -143,17 +142,10 @@ class _CLIPPromptMetric(VideoMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if chunk_frames is not None and (isinstance(chunk_frames, bool) or int(chunk_frames) < 1):
-            raise ConfigError(f"{self.metric_id}: chunk_frames must be a positive integer or null, got {chunk_frames!r}")
-        self.quantize = bool(quantize)
-        self.pretrained = bool(pretrained)
-        self.seed = int(seed)
-        self.verify_weights = bool(verify_weights)
-        self.chunk_frames = None if chunk_frames is None else int(chunk_frames)
+        self._init_common(pretrained, seed, quantize, chunk_frames, verify_weights)
         self.vocab_path = vocab_path
         self.files = PretrainedFiles({self.weights_name: weights_path}, verify_weights)
-        # plain dicts, not submodules: Metric.to()/state_dict() never see the networks
-        self._nets: dict[str, CLIPModel] = {}
+        # plain dict, not a submodule (like the networks in _init_common)
         self._text: dict[str, torch.Tensor] = {}
 
     # -- weights ---------------------------------------------------------------------
