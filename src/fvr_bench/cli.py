@@ -32,14 +32,15 @@ USAGE = """usage: python -m fvr_bench <command> [options] [key=value ...]
 commands:
   run           evaluate a restorer: method=<m> data=<d> degradation=<g> metrics=<set> seed=<n> [-m for sweeps]
   leaderboard   merge every run under paths.output_dir into leaderboard.csv and .md
-  list          list the options of a config group: methods | data | degradations | metrics | protocols
+  list          list the options of a config group: methods | data | degradations | metrics | protocols | tables
   data          data prepare sample | data degrade data=<d> degradation=<g> seed=<n> out=<dir>
   weights       weights status | weights fetch <name>   (the only command that downloads)
+  table         table=<paper table id> [format=md|latex|csv|all]: reported and measured rows side by side
 """
 
 LIST_GROUPS = {"methods": "method", "method": "method", "data": "data", "degradations": "degradation",
                "degradation": "degradation", "metrics": "metrics", "protocols": "protocol",
-               "protocol": "protocol"}
+               "protocol": "protocol", "tables": "table"}
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -198,6 +199,15 @@ def weights_command(args: list[str]) -> None:
     fail("usage: weights status | weights fetch <name>")
 
 
+def table_command(args: list[str]) -> None:
+    from fvr_bench.tables.paper import table_command as render
+
+    try:
+        render(args)
+    except FvrBenchError as error:
+        fail(str(error))
+
+
 # ------------------------------------------------------------------------- entry
 
 
@@ -207,6 +217,7 @@ COMMANDS = {
     "list": list_command,
     "data": data_command,
     "weights": weights_command,
+    "table": table_command,
 }
 
 

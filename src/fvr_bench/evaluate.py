@@ -55,6 +55,7 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
         "metrics": OmegaConf.to_container(cfg.metrics, resolve=True),
         "seed": cfg.seed,
         "protocol": cfg.protocol_name,
+        "condition": cfg.condition,
         "compat": cfg.compat,
         "code_version": fvr_bench.__version__,
     }
