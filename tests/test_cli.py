@@ -56,3 +56,18 @@ def test_data_degrade_exports_the_cached_lq(tiny_data_dir, tmp_path):
     exported = sorted((tmp_path / "export" / "lq").rglob("*.png"))
     assert len(exported) == 18
     assert len(sorted((tmp_path / "export" / "mask").rglob("*.png"))) == 18
+
+
+def test_severity_sweep_is_restartable_and_merges(tiny_data_dir, tmp_path):
+    args = [*overrides(tiny_data_dir, tmp_path, "metrics=fidelity"), "sweep=blur_severity",
+            "degradation.ops.0.sigma=[1.0,1.0],[4.0,4.0]"]
+    assert cli("run", "-m", *args).returncode == 0
+    runs = sorted((tmp_path / "outputs" / "sample").glob("*/bicubic/per_clip.csv"))
+    assert [p.parts[-3] for p in runs] == ["vividface_bfr_blur1.0", "vividface_bfr_blur4.0"]
+    before = [p.read_bytes() for p in runs]
+    again = cli("run", "-m", *args)  # a restarted sweep: finished cells are skipped, nothing rewritten
+    assert again.returncode == 0, again.stderr
+    assert [p.read_bytes() for p in runs] == before
+    board = cli("leaderboard", f"paths.output_dir={tmp_path / 'outputs'}")
+    psnr = pd.read_csv(tmp_path / "outputs" / "leaderboard.csv").set_index("condition")["psnr_y"]
+    assert board.returncode == 0 and psnr["vividface_bfr_blur1.0"] > psnr["vividface_bfr_blur4.0"]

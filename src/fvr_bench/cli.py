@@ -88,17 +88,35 @@ def run_command(args: list[str]) -> None:
 # ------------------------------------------------------------------------- leaderboard
 
 
+LEADERBOARD_OPTIONS = ("baseline", "data", "condition", "metrics", "methods", "format", "n_boot", "seed", "level",
+                       "ci_style", "digits")
+
+
 def leaderboard_command(args: list[str]) -> None:
+    """``leaderboard [baseline=<method>] [data=<d>] [condition=<c>] [metrics=[a,b]] [methods=[a,b]]
+    [format=csv,md,latex] [n_boot=2000] ... [paths.output_dir=<dir>]``."""
     from fvr_bench.tables.leaderboard import build_leaderboard
 
-    cfg = compose("run", args)
+    options = {}
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key in LEADERBOARD_OPTIONS:
+            options[key] = value
+    cfg = compose("run", [a for a in args if a.partition("=")[0] not in LEADERBOARD_OPTIONS])
     output_dir = Path(cfg.paths.output_dir)
+    formats = tuple(options.pop("format", "csv,md").strip("[]").split(","))
+    for key in ("n_boot", "digits", "seed"):
+        if key in options:
+            options[key] = int(options[key])
+    if "level" in options:
+        options["level"] = float(options["level"])
     try:
-        table = build_leaderboard(output_dir)
+        table = build_leaderboard(output_dir, formats=formats, **options)
     except FvrBenchError as error:
         fail(str(error))
     print(f"leaderboard: {output_dir / 'leaderboard.csv'} ({len(table)} runs)")
-    print((output_dir / "leaderboard.md").read_text())
+    if "md" in formats:
+        print((output_dir / "leaderboard.md").read_text())
 
 
 # ------------------------------------------------------------------------- list

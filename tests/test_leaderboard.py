@@ -1,0 +1,190 @@
+"""Leaderboard: bootstrap intervals, paired comparison, filters and exports (fake runs)."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fvr_bench.errors import FvrBenchError
+from fvr_bench.results import ResultStore
+from fvr_bench.tables.leaderboard import build_leaderboard
+from fvr_bench.tables.stats import bootstrap_mean_ci, paired_comparison
+
+PSNR = "psnr_y@aaaa"
+NIQE = "niqe@bbbb"
+
+
+def make_run(root, method, values, data="sample", condition="ip_fvr_light", metric="psnr_y",
+             provenance=PSNR, higher=True, protocol=None, extra=None, set_level=None, unavailable=()):
+    """A finished run directory ``root/<data>/<condition>/<method>`` with per-clip values.
+
+    ``values``: {clip: value} for ``metric``; ``extra``: more (metric, provenance, higher,
+    {clip: value}) tuples; ``set_level``: (metric, value) with NaN per-clip values (FVD);
+    ``unavailable``: metric ids reported unavailable."""
+    store = ResultStore(root / data / condition / method)
+    store.open({"method": {"name": method}, "data": {"name": data}, "degradation": {"name": condition},
+                "seed": 0, "protocol": protocol, "compat": False}, "seed: 0\n")
+    series = [(metric, provenance, higher, values)] + list(extra or [])
+    clips = sorted({clip for *_, vals in series for clip in vals})
+    for clip in clips:
+        rows = [{"metric": m, "value": vals[clip], "higher_is_better": h, "provenance_id": p, "frames": 3}
+                for m, p, h, vals in series if clip in vals]
+        if set_level:
+            rows.append({"metric": set_level[0], "value": float("nan"), "higher_is_better": False,
+                         "provenance_id": f"{set_level[0]}@cccc", "frames": 3})
+        store.append_clip(clip, rows)
+    extra_rows = []
+    if set_level:
+        extra_rows.append({"metric": set_level[0], "value": set_level[1], "std": 0.0, "n_clips": len(clips),
+                           "higher_is_better": False, "provenance_id": f"{set_level[0]}@cccc"})
+    for metric_id in unavailable:
+        extra_rows.append({"metric": metric_id, "value": float("nan"), "std": float("nan"), "n_clips": 0,
+                           "higher_is_better": True, "provenance_id": "unavailable", "note": "weights missing"})
+    store.write_summary(extra_rows)
+    return store.run_dir
+
+
+def clips(values):
+    return {f"c{i:02d}": float(v) for i, v in enumerate(values)}
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def test_bootstrap_matches_direct_numpy_and_contains_mean():
+    values = np.random.default_rng(1).normal(30, 3, size=25)
+    lo, hi = bootstrap_mean_ci(values, n_boot=500, seed=7)
+    rng = np.random.default_rng(7)
+    means = values[rng.integers(0, len(values), size=(500, len(values)))].mean(axis=1)
+    assert (lo, hi) == tuple(np.percentile(means, [2.5, 97.5]))
+    assert lo < values.mean() < hi
+    # non-finite values are left out, like summary.csv's mean
+    assert bootstrap_mean_ci(np.r_[values, np.inf, np.nan], n_boot=500, seed=7) == (lo, hi)
+    assert all(math.isnan(v) for v in bootstrap_mean_ci([np.nan, np.nan]))
+
+
+def test_interval_shrinks_with_more_clips():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (8, 200):
+        lo, hi = bootstrap_mean_ci(rng.normal(0, 1, size=n), n_boot=1000, seed=0)
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2
+
+
+def test_paired_difference_and_win_rate_by_hand():
+    method = {"a": 31.0, "b": 30.0, "c": 25.0, "d": 40.0, "only_method": 99.0}
+    baseline = {"a": 30.0, "b": 30.0, "c": 26.0, "d": 38.0, "only_base": 0.0}
+    stats = paired_comparison(method, baseline, higher_is_better=True, n_boot=300, seed=3)
+    diffs = np.array([1.0, 0.0, -1.0, 2.0])  # clips a, b, c, d
+    assert stats["n_paired"] == 4
+    assert stats["diff"] == pytest.approx(0.5) and stats["gain"] == pytest.approx(0.5)
+    assert stats["win_rate"] == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    rng = np.random.default_rng(3)
+    expected = np.percentile(diffs[rng.integers(0, 4, size=(300, 4))].mean(axis=1), [2.5, 97.5])
+    assert (stats["diff_ci_low"], stats["diff_ci_high"]) == pytest.approx(tuple(expected))
+    # lower is better: the same numbers mean the method is worse
+    lower = paired_comparison(method, baseline, higher_is_better=False, n_boot=300, seed=3)
+    assert lower["diff"] == pytest.approx(0.5) and lower["gain"] == pytest.approx(-0.5)
+    assert (lower["gain_ci_low"], lower["gain_ci_high"]) == pytest.approx((-expected[1], -expected[0]))
+    assert lower["win_rate"] == pytest.approx((0 + 0.5 + 1 + 0) / 4)
+
+
+# ----------------------------------------------------------------------------- leaderboard
+
+
+def test_default_call_keeps_the_old_files_and_adds_intervals(tmp_path):
+    psnr = [30, 32, 28, 31, 29, 33]
+    make_run(tmp_path, "bicubic", clips(psnr))
+    make_run(tmp_path, "identity", clips([v - 2 for v in psnr]))
+    board = build_leaderboard(tmp_path, n_boot=400)
+    assert list(board.columns[:5]) == ["data", "degradation", "method", "n_clips", "psnr_y"]
+    assert {"psnr_y_ci_low", "psnr_y_ci_high", "condition"} <= set(board.columns)
+    row = board.set_index("method").loc["bicubic"]
+    assert row["psnr_y"] == pytest.approx(np.mean(psnr))
+    assert row["psnr_y_ci_low"] < row["psnr_y"] < row["psnr_y_ci_high"]
+    lo, hi = bootstrap_mean_ci(psnr, n_boot=400, seed=0)
+    assert (row["psnr_y_ci_low"], row["psnr_y_ci_high"]) == pytest.approx((lo, hi))
+    assert pd.read_csv(tmp_path / "leaderboard.csv").shape == board.shape
+    long = pd.read_csv(tmp_path / "leaderboard_long.csv")
+    assert set(long["method"]) == {"bicubic", "identity"}
+    markdown = (tmp_path / "leaderboard.md").read_text()
+    assert "| sample | ip_fvr_light | bicubic | 6 | **30.5000 ± " in markdown
+    assert not (tmp_path / "leaderboard.tex").exists()
+
+
+def test_baseline_comparison_only_over_common_clips(tmp_path):
+    make_run(tmp_path, "bicubic", {"a": 30.0, "b": 30.0, "c": 26.0, "d": 38.0, "e": 10.0})
+    make_run(tmp_path, "ours", {"a": 31.0, "b": 30.0, "c": 25.0, "d": 40.0})
+    make_run(tmp_path, "niqe_only", {"a": 5.0}, metric="niqe", provenance=NIQE, higher=False)
+    board = build_leaderboard(tmp_path, baseline="bicubic", n_boot=300, seed=3, formats=["csv", "md", "latex"])
+    long = pd.read_csv(tmp_path / "leaderboard_long.csv").set_index(["method", "column"])
+    ours = long.loc[("ours", "psnr_y")]
+    assert ours["n_paired"] == 4
+    assert ours["diff"] == pytest.approx(0.5) and ours["gain"] == pytest.approx(0.5)
+    assert ours["win_rate"] == pytest.approx(0.625)
+    assert math.isnan(long.loc[("bicubic", "psnr_y"), "gain"])  # the baseline is not compared to itself
+    assert "no bicubic run" in long.loc[("niqe_only", "niqe"), "note"]
+    assert board.set_index("method").loc["ours", "psnr_y_win_rate"] == pytest.approx(0.625)
+    markdown = (tmp_path / "leaderboard.md").read_text()
+    assert "### vs bicubic" in markdown
+    assert "| sample | ip_fvr_light | ours | – | +0.5000 [" in markdown and "62% (n=4)" in markdown
+    latex = (tmp_path / "leaderboard.tex").read_text()
+    assert latex.count("\\toprule") == 2 and "\\bottomrule" in latex
+    assert "sample & ip\\_fvr\\_light & ours & 4 & -- & {\\boldmath $31.5000 \\pm 4.8750$}" in latex
+    assert "psnr\\_y $\\uparrow$" in latex
+    assert "62\\%" in latex
+
+
+def test_different_provenance_is_never_paired_or_merged(tmp_path):
+    make_run(tmp_path, "bicubic", clips([30, 31, 32]), provenance="psnr_y@old")
+    make_run(tmp_path, "ours", clips([33, 34, 35]), provenance="psnr_y@new")
+    board = build_leaderboard(tmp_path, baseline="bicubic", n_boot=100)
+    assert {"psnr_y [psnr_y@old]", "psnr_y [psnr_y@new]"} <= set(board.columns)
+    assert "psnr_y" not in board.columns
+    long = pd.read_csv(tmp_path / "leaderboard_long.csv")
+    ours = long[long["method"] == "ours"].iloc[0]
+    assert math.isnan(ours["gain"]) and "no bicubic run" in ours["note"]
+
+
+def test_filters(tmp_path):
+    for data in ("sample", "vfhq"):
+        for condition, protocol in (("ip_fvr_light", None), ("vividface_t1", "vividface_t1")):
+            for method, offset in (("bicubic", 0), ("identity", -1), ("ours", 2)):
+                make_run(tmp_path, method, clips([30 + offset, 31 + offset]), data=data, condition=condition,
+                         protocol=protocol, extra=[("niqe", NIQE, False, clips([5, 6]))])
+    board = build_leaderboard(tmp_path, data="vfhq", condition="vividface_t1", metrics=["niqe"],
+                              methods="ours", baseline="bicubic", n_boot=100)
+    assert set(board["data"]) == {"vfhq"} and set(board["condition"]) == {"vividface_t1"}
+    assert sorted(board["method"]) == ["bicubic", "ours"]  # the baseline is kept
+    assert "niqe" in board.columns and "psnr_y" not in board.columns
+    # a comma-separated string works like a list; condition also matches run.json's protocol
+    board = build_leaderboard(tmp_path, data="sample,vfhq", metrics="[psnr_y]", methods=["identity", "ours"],
+                              n_boot=100)
+    assert len(board) == 8
+    with pytest.raises(FvrBenchError, match="available: sample, vfhq"):
+        build_leaderboard(tmp_path, data="ffhq")
+    with pytest.raises(FvrBenchError, match="no metric fvd"):
+        build_leaderboard(tmp_path, metrics=["fvd"])
+    with pytest.raises(FvrBenchError, match="baseline codeformer"):
+        build_leaderboard(tmp_path, baseline="codeformer")
+    with pytest.raises(FvrBenchError, match="unknown format"):
+        build_leaderboard(tmp_path, formats="pdf")
+
+
+def test_set_level_and_unavailable_metrics(tmp_path):
+    make_run(tmp_path, "bicubic", clips([30, 31, 32]), set_level=("fvd", 120.0), unavailable=("musiq",))
+    make_run(tmp_path, "ours", clips([31, 33, 32]), set_level=("fvd", 100.0), unavailable=("musiq",))
+    board = build_leaderboard(tmp_path, baseline="bicubic", n_boot=100, ci_style="bracket")
+    assert not any(column.startswith("musiq") for column in board.columns)
+    row = board.set_index("method").loc["ours"]
+    assert row["fvd"] == 100.0 and math.isnan(row["fvd_ci_low"]) and math.isnan(row["fvd_gain"])
+    long = pd.read_csv(tmp_path / "leaderboard_long.csv")
+    assert long.loc[long["column"] == "fvd", "note"].str.contains("no bootstrap interval").all()
+    markdown = (tmp_path / "leaderboard.md").read_text()
+    assert "**100.0000** |" in markdown  # no interval, best (lower) in bold
+    assert "No interval for fvd" in markdown
+    assert "musiq" not in markdown
+    assert "| sample | ip_fvr_light | ours | 3 | 120.0000" not in markdown
+    assert "32.0000 [" in markdown  # bracket style
