@@ -35,6 +35,7 @@ commands:
   list          list the options of a config group: methods | data | degradations | metrics | protocols | tables
   data          data prepare sample | data degrade data=<d> degradation=<g> seed=<n> out=<dir>
   weights       weights status | weights fetch <name>   (the only command that downloads)
+  plot          kind=scatter|distribution|profile metric=<id> [clip=<id>] [column=<x>] [out=<dir>]
   table         table=<paper table id> [format=md|latex|csv|all]: reported and measured rows side by side
 """
 
@@ -226,6 +227,12 @@ def table_command(args: list[str]) -> None:
         fail(str(error))
 
 
+def plot_command(args: list[str]) -> None:
+    from fvr_bench.tables.plots import plot_command as draw
+
+    draw(args)
+
+
 # ------------------------------------------------------------------------- entry
 
 
@@ -236,6 +243,7 @@ COMMANDS = {
     "data": data_command,
     "weights": weights_command,
     "table": table_command,
+    "plot": plot_command,
 }
 
 
