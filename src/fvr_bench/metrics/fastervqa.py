@@ -83,6 +83,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fvr_bench.errors import ConfigError
+from fvr_bench.metrics.backends.layers import Mlp
 from fvr_bench.metrics.fidelity import quantize_8bit
 from fvr_bench.metrics.perceptual import PretrainedFiles, _load_file, _PerceptualMetric
 
@@ -290,16 +291,6 @@ class WindowAttention3D(nn.Module):
             attn = (attn.view(b_ // n_m, n_m, self.num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)).view(-1, self.num_heads, n, n)
         attn = attn.softmax(dim=-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(b_, n, c))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class SwinTransformerBlock3D(nn.Module):

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fvr_bench.errors import ConfigError
+from fvr_bench.metrics.backends.layers import Mlp
 from fvr_bench.metrics.perceptual import PretrainedFiles, _load_file, _PerceptualMetric
 
 WEIGHTS_NAME = "musiq_koniq"
@@ -191,16 +192,6 @@ class MultiHeadAttention(nn.Module):
         pair = mask.reshape(b, 1, n, 1) * mask.reshape(b, 1, 1, n)
         attn = attn.masked_fill(pair == 0, -1e3).softmax(dim=-1)
         return self.out((attn @ v).transpose(1, 2).reshape(b, n, c))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class EncoderBlock(nn.Module):
