@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fvr_bench.data.sample import prepare_sample
 from fvr_bench.video import read_video
@@ -40,3 +41,14 @@ def overrides(data_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
         "device=cpu",
         *extra,
     ]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules that run networks on a handful of small tensors: a second intra-op
+    thread's fork/join costs more than it saves, and on a loaded 2-core machine it
+    competes with OpenCV's threads (measured 3× slower). Values do not change."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -33,12 +33,7 @@ from fvr_bench.metrics.fastervqa import (
 SMALL = {"fragments_h": 2, "fragments_w": 2, "clip_len": 8, "t_frag": 2, "aligned": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- temporal

@@ -28,12 +28,7 @@ from fvr_bench.metrics.musiq import (
 FAST = (32, 64)  # resized scales for tests: 1 + 4 patches instead of 49 + 144
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- patches

@@ -50,14 +50,7 @@ from fvr_bench.metrics.perceptual import (
 SIZE = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks run on a handful of small images: with two intra-op threads on a
-    busy 2-core machine the threads' synchronisation costs 3× the work itself."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- inputs

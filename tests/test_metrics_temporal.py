@@ -82,15 +82,7 @@ def t_img(image: np.ndarray) -> torch.Tensor:
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tensors here are small (≤ 6×3×144×176): with a second OpenMP thread, torch's
-    per-op fork/join costs more than it saves, and on a loaded 2-core machine it competes
-    with OpenCV's threads (measured: 0.1 s vs 0.3–0.8 s per E_warp). Values do not change."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

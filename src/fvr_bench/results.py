@@ -35,13 +35,14 @@ PER_CLIP_COLUMNS = ["clip_id", "metric", "value", "higher_is_better", "provenanc
 SUMMARY_COLUMNS = ["metric", "value", "std", "n_clips", "higher_is_better", "provenance_id", "note"]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that readers see the old or the new file, never a mix."""
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a
+    mix: temporary sibling, fsync, ``os.replace``; the temporary file never outlives a failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -49,6 +50,11 @@ def atomic_write_text(path: Path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of UTF-8 text, newlines as given."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _csv_text(rows: Iterable[dict[str, Any]], columns: list[str], header: bool) -> str:
@@ -144,16 +150,9 @@ class ResultStore:
     def save_features(self, metric_id: str, clip_id: str, features: dict[str, np.ndarray]) -> None:
         """Per-clip features of a set-level metric (FVD), written before the clip's rows so
         a finished clip always has them."""
-        path = self.features_path(metric_id, clip_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **features)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        buffer = io.BytesIO()
+        np.savez(buffer, **features)
+        atomic_write_bytes(self.features_path(metric_id, clip_id), buffer.getvalue())
 
     def load_features(self, metric_id: str, clip_ids: Iterable[str]) -> dict[str, np.ndarray]:
         """Features of ``clip_ids`` stacked in that order → ``{name: (N, D)}``."""

@@ -19,10 +19,9 @@ function returns the paths it wrote.
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from fvr_bench.errors import ConfigError, DataError, FvrBenchError
+from fvr_bench.results import atomic_write_bytes
 from fvr_bench.tables.leaderboard import load_runs
 
 FORMATS = ("png", "pdf")
@@ -61,16 +61,9 @@ def save_figure(fig, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path]
     try:
         for fmt in formats:
             path = stem.with_name(f"{stem.name}.{fmt}")
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".{fmt}", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    fig.savefig(handle, format=fmt, dpi=150, bbox_inches="tight")
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format=fmt, dpi=150, bbox_inches="tight")
+            atomic_write_bytes(path, buffer.getvalue())
             written.append(path)
     finally:
         plt.close(fig)
@@ -81,20 +74,10 @@ def write_png_exact(path: Path, image: np.ndarray) -> Path:
     """Write a uint8 RGB ``(H, W, 3)`` image as a lossless PNG, atomically."""
     import cv2
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
     if not ok:
         raise DataError(f"{path}: PNG encoding failed")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(encoded.tobytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, encoded.tobytes())
     return path
 
 
