@@ -152,6 +152,9 @@ REGISTRY: dict[str, WeightFile] = {
         WeightFile("musiq_koniq", "musiq_koniq_ckpt-e95806b9.pth", "pyiqa release of MUSIQ (KonIQ)", "Apache-2.0", ("musiq",)),
         WeightFile("liqe_mix", "LIQE.pt", "zwx8981/LIQE release", "research use", ("liqe",)),
         WeightFile("fastervqa", "FAST_VQA_3D_1_1.pth", "VQAssessment/FAST-VQA-and-FasterVQA release", "research use", ("fastervqa",)),
+        # ---- bfvr_stc ------------------------------------------------------------------
+        # ---- vividface -----------------------------------------------------------------
+        # ---- vividface curation --------------------------------------------------------
     ]
 }
 
