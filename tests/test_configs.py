@@ -7,7 +7,8 @@ from conftest import overrides
 from hydra.utils import instantiate
 
 from fvr_bench.cli import CONF_DIR, compose
-from fvr_bench.errors import DataError
+from fvr_bench.config import build
+from fvr_bench.errors import DataError, WeightsMissingError
 
 REPO = CONF_DIR.parent
 BASELINES = {"identity", "bicubic", "precomputed"}
@@ -53,13 +54,38 @@ def test_protocols_compose_and_separate_compat_runs(name, compat, tmp_path):
 
 @pytest.mark.parametrize("name", options("method"))
 def test_method_configs_instantiate(name, tmp_path):
+    """Baselines and tiny variants build; a paper-scale method without its checkpoint stops
+    with a message naming the missing file (before building anything big)."""
     extra = [f"method.root={tmp_path}"] if name == "precomputed" else []
     cfg = compose("run", overrides(tmp_path, tmp_path, f"method={name}", *extra))
     assert cfg.method.name == name
-    assert hasattr(instantiate(cfg.method.restorer), "restore")
+    if name in BASELINES or name.endswith("_tiny"):
+        assert hasattr(instantiate(cfg.method.restorer), "restore")
+    else:
+        with pytest.raises(WeightsMissingError, match="checkpoint|not found"):
+            build(cfg.method.restorer, name)
     if name not in BASELINES:
-        assert (REPO / "methods" / name / "README.md").exists(), f"method {name} has no card"
-        assert (REPO / "src" / "fvr_bench" / "methods" / name).is_dir(), f"method {name} has no package"
+        card = name.removesuffix("_tiny")  # a tiny variant shares its method's card and package
+        assert (REPO / "methods" / card / "README.md").exists(), f"method {name} has no card"
+        assert (REPO / "src" / "fvr_bench" / "methods" / card).is_dir(), f"method {name} has no package"
+
+
+TRAINABLE = [name for name in options("method") if (CONF_DIR / "method" / f"{name}.yaml").read_text().find("stages:") >= 0
+             or name.endswith("_tiny")]
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_train_config_composes_for_every_stage(name, tmp_path):
+    cfg = compose("train", [f"paths.output_dir={tmp_path}", f"method={name}", "stage=0"])
+    stages = cfg.method.train.stages
+    assert stages, f"method {name} declares no training stages"
+    for stage, options in stages.items():
+        for key in ("degradation", "frames", "size", "batch_size", "max_steps", "init_from"):
+            assert key in options, f"{name} stage {stage} lacks {key}"
+        if options.init_from is not None:
+            assert str(options.init_from) in stages, f"{name} stage {stage} starts from unknown stage {options.init_from}"
+        if options.degradation:
+            assert (CONF_DIR / "degradation" / f"{options.degradation}.yaml").is_file()
 
 
 @pytest.mark.parametrize("name", options("data"))

@@ -31,6 +31,7 @@ USAGE = """usage: python -m fvr_bench <command> [options] [key=value ...]
 
 commands:
   run           evaluate a restorer: method=<m> data=<d> degradation=<g> metrics=<set> seed=<n> [-m for sweeps]
+  train         train one stage of a method: method=<m> stage=<s> data=<GT set> [trainer=ddp] [-m for ablations]
   leaderboard   merge every run under paths.output_dir into leaderboard.csv and .md
   list          list the options of a config group: methods | data | degradations | metrics | protocols | tables
   data          data prepare sample | data degrade data=<d> degradation=<g> seed=<n> out=<dir>
@@ -83,6 +84,27 @@ def run_command(args: list[str]) -> None:
 
     sys.argv = [f"{sys.argv[0]} run", *args]
     app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="run")(_run_task)
+    app()
+
+
+# ------------------------------------------------------------------------- train
+
+
+def _train_task(cfg) -> None:
+    from fvr_bench.training.run import train
+
+    try:
+        run_dir = train(cfg)
+    except FvrBenchError as error:
+        fail(str(error))
+    print(f"training run: {run_dir}")
+
+
+def train_command(args: list[str]) -> None:
+    import hydra
+
+    sys.argv = [f"{sys.argv[0]} train", *args]
+    app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(_train_task)
     app()
 
 
@@ -238,6 +260,7 @@ def plot_command(args: list[str]) -> None:
 
 COMMANDS = {
     "run": run_command,
+    "train": train_command,
     "leaderboard": leaderboard_command,
     "list": list_command,
     "data": data_command,
