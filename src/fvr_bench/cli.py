@@ -35,6 +35,7 @@ commands:
   leaderboard   merge every run under paths.output_dir into leaderboard.csv and .md
   list          list the options of a config group: methods | data | degradations | metrics | protocols | tables
   data          data prepare sample | data degrade data=<d> degradation=<g> seed=<n> out=<dir>
+                | data curate data=<d> [scorer.model_dir=<dir>] [threshold=90]   (VividFace MLLM curation)
   weights       weights status | weights fetch <name>   (the only command that downloads)
   plot          kind=scatter|distribution|profile metric=<id> [clip=<id>] [column=<x>] [out=<dir>]
   table         table=<paper table id> [format=md|latex|csv|all]: reported and measured rows side by side
@@ -165,12 +166,23 @@ def _description(path: Path) -> str:
 
 
 def data_command(args: list[str]) -> None:
-    if not args or args[0] not in ("prepare", "degrade"):
-        fail("usage: data prepare sample [paths.data_dir=<dir>] | data degrade data=<d> degradation=<g> seed=<n> out=<dir>")
-    if args[0] == "prepare":
-        _data_prepare(args[1:])
-    else:
-        _data_degrade(args[1:])
+    subcommands = {"prepare": _data_prepare, "degrade": _data_degrade, "curate": _data_curate}
+    if not args or args[0] not in subcommands:
+        fail("usage: data prepare sample [paths.data_dir=<dir>] | data degrade data=<d> degradation=<g> seed=<n> out=<dir>"
+             " | data curate data=<d> [scorer.model_dir=<Qwen2.5-VL folder>] [threshold=90]")
+    subcommands[args[0]](args[1:])
+
+
+def _data_curate(args: list[str]) -> None:
+    """VividFace's MLLM curation (MLLM-Face90) of a dataset's clips; resumable."""
+    from fvr_bench.curation.run import curate_command, format_summary
+
+    cfg = compose("curate", args)
+    try:
+        out = curate_command(cfg)
+    except FvrBenchError as error:
+        fail(str(error))
+    print(format_summary(out))
 
 
 def _data_prepare(args: list[str]) -> None:
