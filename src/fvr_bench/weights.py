@@ -54,6 +54,11 @@ class WeightFile:
     package: tuple[str, str] | None = None
     library_dirs: tuple[str, ...] = ()
     sha256_prefix: str | None = None  # torchvision-style names embed the first hex digits
+    directory: bool = False  # a model folder (e.g. a diffusers checkpoint), not a single file
+
+    def present(self, path: Path) -> bool:
+        """Whether ``path`` holds this entry: an existing file, or a folder for directory entries."""
+        return path.is_dir() if self.directory else path.is_file()
 
     def candidates(self, explicit: str | os.PathLike | None = None) -> list[Path]:
         paths = []
@@ -153,8 +158,24 @@ REGISTRY: dict[str, WeightFile] = {
         WeightFile("liqe_mix", "LIQE.pt", "zwx8981/LIQE release", "research use", ("liqe",)),
         WeightFile("fastervqa", "FAST_VQA_3D_1_1.pth", "VQAssessment/FAST-VQA-and-FasterVQA release", "research use", ("fastervqa",)),
         # ---- bfvr_stc ------------------------------------------------------------------
+        WeightFile("bfvr_stc_official", "ckpt-bfvr.pth",
+                   "Dixin-Lab/BFVR-STC release checkpoint (https://github.com/Dixin-Lab/BFVR-STC, 'Download Pre-trained "
+                   "Models'); BasicSR layout, params_ema", "see release", ("bfvr_stc",)),
+        WeightFile("dinov2_vits14", "dinov2_vits14_pretrain.pth",
+                   "Meta DINOv2 ViT-S/14 (facebookresearch/dinov2); BFVR-STC's stage-I discriminator features", "Apache-2.0",
+                   ("bfvr_stc",), url="https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth",
+                   library_dirs=(TORCH_HUB,)),
         # ---- vividface -----------------------------------------------------------------
+        WeightFile("wan21_t2v_1_3b_diffusers", "Wan2.1-T2V-1.3B-Diffusers",
+                   "https://huggingface.co/Wan-AI/Wan2.1-T2V-1.3B-Diffusers (the whole folder: transformer/, vae/, "
+                   "text_encoder/, tokenizer/)", "Apache-2.0", ("vividface",), directory=True),
+        WeightFile("bisenet_face_parsing", "79999_iter.pth",
+                   "zllrunning/face-parsing.PyTorch release (BiSeNet, ResNet-18, 19 CelebAMask-HQ classes)", "MIT",
+                   ("vividface",)),
         # ---- vividface curation --------------------------------------------------------
+        WeightFile("qwen25_vl_7b_instruct", "Qwen2.5-VL-7B-Instruct",
+                   "https://huggingface.co/Qwen/Qwen2.5-VL-7B-Instruct (a folder: config.json, model-*.safetensors, "
+                   "tokenizer, preprocessor and chat-template files)", "Apache-2.0", ("data curate",), directory=True),
     ]
 }
 
@@ -168,7 +189,7 @@ def entry(name: str) -> WeightFile:
 def find(name: str, explicit: str | os.PathLike | None = None) -> Path | None:
     """The first existing candidate path of ``name``, or None."""
     for path in entry(name).candidates(explicit):
-        if path.is_file():
+        if entry(name).present(path):
             return path
     return None
 
@@ -187,7 +208,7 @@ def missing_message(name: str, explicit: str | os.PathLike | None = None) -> str
 
 def locate(name: str, explicit: str | os.PathLike | None = None, verify: bool = False) -> Path:
     """Path of pretrained file ``name``; raises :class:`WeightsMissingError` when absent."""
-    if explicit and not Path(explicit).expanduser().is_file():
+    if explicit and not entry(name).present(Path(explicit).expanduser()):
         # an explicit path is a promise: never fall back silently to another file
         raise WeightsMissingError(f"pretrained file '{name}' ({entry(name).filename}): the configured path {explicit} does not exist")
     path = find(name, explicit)

@@ -25,11 +25,16 @@ def load_checkpoint(path: str | Path) -> dict:
 def load_weights(path: str | Path, prefer_ema: bool = True) -> dict[str, torch.Tensor]:
     """The module weights of a checkpoint: its EMA copy when it has one and ``prefer_ema``.
 
-    Accepts Lightning checkpoints (``state_dict`` [+ ``ema_state_dict``]) and plain state dicts.
+    Accepts Lightning checkpoints (``state_dict`` [+ ``ema_state_dict``]), BasicSR releases
+    (``params_ema`` / ``params``, e.g. BFVR-STC's ``ckpt-bfvr.pth``: returned in their own key
+    layout, which the method maps) and plain state dicts.
     """
     checkpoint = load_checkpoint(path)
     if prefer_ema and isinstance(checkpoint.get(EMA_KEY), dict):
         return checkpoint[EMA_KEY]
+    for key in ("params_ema", "params") if prefer_ema else ("params", "params_ema"):
+        if isinstance(checkpoint.get(key), dict):
+            return checkpoint[key]
     if isinstance(checkpoint.get("state_dict"), dict):
         return checkpoint["state_dict"]
     if all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
