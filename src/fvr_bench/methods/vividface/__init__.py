@@ -1,0 +1,12 @@
+"""VividFace (Zhang et al. 2025): one-step flow-matching video face restoration on Wan2.1.
+
+``module``    VividFaceModule (Lightning: stages "1" latent / "2" pixel + DISTS) and load_restorer
+``backbone``  Wan DiT + VAE loading or tiny building, latent normalisation, empty-prompt embedding cache
+``masks``     face parsers (BiSeNet / MediaPipe hull) and the pixel → latent mask alignment
+``bisenet``   the BiSeNet face-parsing network
+``losses``    the face-focused switch loss
+``windows``   1 + 4k windows and cross-fade blending for clips of any length
+``latents``   the on-disk pre-extraction cache
+
+The method card is ``methods/vividface/README.md``.
+"""
