@@ -31,6 +31,7 @@ USAGE = """usage: python -m fvr_bench <command> [options] [key=value ...]
 
 commands:
   run           evaluate a restorer: method=<m> data=<d> degradation=<g> metrics=<set> seed=<n> [-m for sweeps]
+                [devices=N: clips sharded over N processes/GPUs] [hydra/launcher=local_parallel|slurm]
   train         train one stage of a method: method=<m> stage=<s> data=<GT set> [trainer=ddp] [-m for ablations]
   leaderboard   merge every run under paths.output_dir into leaderboard.csv and .md
   list          list the options of a config group: methods | data | degradations | metrics | protocols | tables
@@ -76,6 +77,8 @@ def _run_task(cfg) -> None:
         run_dir = evaluate(cfg)
     except FvrBenchError as error:
         fail(str(error))
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:
+        return  # launched per rank (torchrun / srun): rank 0 reports
     print(f"results: {run_dir}")
     print(format_summary(run_dir))
 

@@ -62,12 +62,16 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
 
 
 class Evaluator:
-    """Runs one (method, data, degradation, metrics, seed) cell into ``run_dir``."""
+    """Runs one (method, data, degradation, metrics, seed) cell into ``run_dir``.
 
-    def __init__(self, cfg: DictConfig) -> None:
+    ``device``: where the restorer and metrics run; default ``cfg.device``. A sharded run
+    (:mod:`fvr_bench.sharding`) builds one evaluator per process on that process's device.
+    """
+
+    def __init__(self, cfg: DictConfig, device: torch.device | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
-        self.device = resolve_device(cfg.device)
+        self.device = device if device is not None else resolve_device(cfg.device)
         self.dataset: VideoDataset = build(cfg.data, "data")
         self.degradation = build_degradation(cfg.degradation)
         self.metrics: dict[str, VideoMetric] = {
@@ -198,20 +202,36 @@ class Evaluator:
         elif mode not in (None, False, "none"):
             raise ConfigError(f"save_restored={mode!r}: choose none, png or video")
 
-    def run(self) -> Path:
+    def clip_ids(self) -> list[str]:
+        """The clips of this run, in the dataset's order (``limit_clips`` applied)."""
+        clip_ids = self.dataset.clip_ids()
+        if self.cfg.limit_clips is not None:
+            clip_ids = clip_ids[: self.cfg.limit_clips]
+        return clip_ids
+
+    def open_run(self, clip_ids: list[str]) -> list[str]:
+        """Start or resume the run directory; returns the clips still to do.
+
+        Rows that the processes of a killed sharded run left in part files are merged
+        first, so they count as finished whatever the device count is now.
+        """
         resolved = OmegaConf.to_yaml(self.cfg, resolve=True)
         self.store.open(run_identity(self.cfg), resolved, overwrite=bool(self.cfg.overwrite))
         self.store.record_provenance(
             {m.provenance().provenance_id: asdict(m.provenance()) for m in self.metrics.values()}
         )
+        self.store.merge_shards(clip_ids)
         finished = self.store.finished_clips()
-        clip_ids = self.dataset.clip_ids()
-        if self.cfg.limit_clips is not None:
-            clip_ids = clip_ids[: self.cfg.limit_clips]
         todo = [clip_id for clip_id in clip_ids if clip_id not in finished]
         if finished:
             log.info("resuming %s: %d of %d clips already done", self.run_dir, len(clip_ids) - len(todo), len(clip_ids))
-        progress = tqdm(todo, desc=f"{self.cfg.method.name} on {self.dataset.name}", unit="clip", disable=not self.cfg.progress)
+        return todo
+
+    def evaluate_clips(self, clip_ids: list[str], store: ResultStore, progress_label: str = "", position: int = 0) -> None:
+        """Restore and score ``clip_ids``, appending each clip's rows to ``store`` once all
+        of it (features, restored frames) is written."""
+        progress = tqdm(clip_ids, desc=f"{self.cfg.method.name} on {self.dataset.name}{progress_label}", unit="clip",
+                        disable=not self.cfg.progress, position=position)
         for clip_id in progress:
             sample = self.dataset.load(clip_id)
             prepared = self.prepare_input(sample)
@@ -224,8 +244,18 @@ class Evaluator:
             # outputs first: a clip counts as finished only once everything of it is written
             if self.cfg.save_restored not in (None, False, "none"):
                 self.save_restored(clip_id, restored, sample.fps)
-            self.store.append_clip(clip_id, rows, seconds=seconds)
+            store.append_clip(clip_id, rows, seconds=seconds)
+
+    def finish(self, clip_ids: list[str]) -> None:
+        """Merge the shards' rows (if any) and write the summary over ``clip_ids``."""
+        self.store.merge_shards(clip_ids)
         self.store.write_summary(self.set_level_rows(clip_ids))
+
+    def run(self) -> Path:
+        clip_ids = self.clip_ids()
+        todo = self.open_run(clip_ids)
+        self.evaluate_clips(todo, self.store)
+        self.finish(clip_ids)
         return self.run_dir
 
     def set_level_rows(self, clip_ids: list[str]) -> list[dict[str, Any]]:
@@ -254,5 +284,14 @@ class Evaluator:
 
 
 def evaluate(cfg: DictConfig) -> Path:
-    """Run one evaluation cell; returns the run directory."""
+    """Run one evaluation cell; returns the run directory.
+
+    ``devices=1``: this process evaluates every clip. ``devices=N``: N processes share the
+    clips (:func:`fvr_bench.sharding.evaluate_sharded`) and the run directory ends up the
+    same.
+    """
+    from fvr_bench.sharding import evaluate_sharded, is_sharded
+
+    if is_sharded(cfg):
+        return evaluate_sharded(cfg)
     return Evaluator(cfg).run()

@@ -8,11 +8,16 @@ Layout of ``outputs/<data>/<degradation>/<method>/``:
 - ``provenance.json`` provenance id → full provenance of every metric column;
 - ``summary.csv``   mean over clips per metric, derived from ``per_clip.csv``;
 - ``timing.csv``    seconds per clip for restoration (kept out of the summary: timings
-  differ between identical runs, the summary must not).
+  differ between identical runs, the summary must not);
+- ``parts/``        only while a sharded run (``devices=N``) is under way or was killed:
+  ``per_clip.<shard>.csv`` / ``timing.<shard>.csv``, the rows each process finished.
+  :meth:`ResultStore.merge_shards` folds them into ``per_clip.csv`` / ``timing.csv`` in
+  the dataset's clip order and removes them, so a finished sharded run directory is the
+  same as a one-process one.
 
 Every file is replaced atomically (write to a temporary file, fsync, ``os.replace``): a
 run killed at any moment leaves the previous complete file, never a torn one, and a
-restarted run skips the clips already in ``per_clip.csv``.
+restarted run skips the clips already in ``per_clip.csv`` or in a part file.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -67,6 +73,26 @@ def _csv_text(rows: Iterable[dict[str, Any]], columns: list[str], header: bool) 
     return buffer.getvalue()
 
 
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file as written, every field a string (no float parsing)."""
+    return list(csv.DictReader(io.StringIO(path.read_text())))
+
+
+def _rows_by_clip(paths: Iterable[Path], skip: set[str]) -> dict[str, list[dict[str, str]]]:
+    """Rows of the part files grouped by clip, leaving out the clips in ``skip``. A clip
+    belongs to the first file that holds it: each clip's rows are written in one atomic
+    replace, so a file holds all of a clip's rows or none."""
+    grouped: dict[str, list[dict[str, str]]] = {}
+    owner: dict[str, Path] = {}
+    for path in paths:
+        for row in _read_rows(path):
+            clip_id = row["clip_id"]
+            if clip_id in skip or owner.setdefault(clip_id, path) != path:
+                continue
+            grouped.setdefault(clip_id, []).append(row)
+    return grouped
+
+
 def _format(value: Any) -> Any:
     # repr of a float round-trips exactly, so a resumed run reproduces the same summary
     if isinstance(value, float):
@@ -74,23 +100,45 @@ def _format(value: Any) -> Any:
     return value
 
 
-class ResultStore:
-    """Per-clip results of one run directory."""
+PARTS_DIR = "parts"
 
-    def __init__(self, run_dir: str | os.PathLike) -> None:
+
+class ResultStore:
+    """Per-clip results of one run directory.
+
+    ``shard``: the name of one process of a sharded run (``"rank1"``). Its per-clip rows
+    and timings go to its own part files under ``parts/``, so processes never write the
+    same file; features (one file per clip) and everything else stay shared. Only the
+    store without a shard opens the run, merges the parts and writes the summary.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, shard: str | None = None) -> None:
         self.run_dir = Path(run_dir)
-        self.per_clip_path = self.run_dir / "per_clip.csv"
+        self.shard = shard
+        self.parts_dir = self.run_dir / PARTS_DIR
+        if shard is None:
+            self.per_clip_path = self.run_dir / "per_clip.csv"
+            self.timing_path = self.run_dir / "timing.csv"
+        else:
+            if not shard or "/" in shard or "." in shard:
+                raise ValueError(f"shard name {shard!r}: use a plain name such as 'rank0'")
+            self.per_clip_path = self.parts_dir / f"per_clip.{shard}.csv"
+            self.timing_path = self.parts_dir / f"timing.{shard}.csv"
         self.summary_path = self.run_dir / "summary.csv"
         self.run_json_path = self.run_dir / "run.json"
         self.provenance_path = self.run_dir / "provenance.json"
-        self.timing_path = self.run_dir / "timing.csv"
         self._per_clip_text: str | None = None
+
+    def _require_main(self, action: str) -> None:
+        if self.shard is not None:
+            raise ValueError(f"{action} belongs to the run's main store, not to shard {self.shard}")
 
     # -- opening ---------------------------------------------------------------------
 
     def open(self, identity: dict[str, Any], config_yaml: str, overwrite: bool = False) -> None:
         """Start or resume a run. ``identity`` holds what must match to resume (method,
         data, degradation, metrics, seed, code version); a mismatch stops the run."""
+        self._require_main("opening the run")
         identity = json.loads(json.dumps(identity, sort_keys=True, default=str))
         if self.run_json_path.exists() and not overwrite:
             stored = json.loads(self.run_json_path.read_text())
@@ -102,7 +150,8 @@ class ResultStore:
                     f"overwrite=true to replace them, or paths.output_dir=<another folder>."
                 )
         elif overwrite:
-            for path in (self.per_clip_path, self.summary_path, self.provenance_path, self.timing_path):
+            for path in (self.per_clip_path, self.summary_path, self.provenance_path, self.timing_path,
+                         *self._part_paths("per_clip"), *self._part_paths("timing")):
                 path.unlink(missing_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_json_path, json.dumps(identity, indent=2, sort_keys=True) + "\n")
@@ -123,11 +172,18 @@ class ResultStore:
         return frame
 
     def finished_clips(self) -> set[str]:
-        return set(self.per_clip()["clip_id"])
+        """Clips with results anywhere in the run directory: ``per_clip.csv`` and the part
+        files of every shard (also those a killed run with another device count left)."""
+        finished = set(self.per_clip()["clip_id"])
+        main_path = self.run_dir / "per_clip.csv"
+        for path in [main_path, *self._part_paths("per_clip")]:
+            if path != self.per_clip_path and path.exists():
+                finished.update(row["clip_id"] for row in _read_rows(path))
+        return finished
 
     def append_clip(self, clip_id: str, rows: list[dict[str, Any]], seconds: float | None = None) -> None:
         """Add every metric row of one finished clip in a single atomic replace."""
-        if clip_id in self.finished_clips():
+        if clip_id in set(self.per_clip()["clip_id"]):
             raise ValueError(f"clip {clip_id} is already in {self.per_clip_path}")
         text = self._text() + _csv_text(({"clip_id": clip_id, **row} for row in rows), PER_CLIP_COLUMNS, False)
         atomic_write_text(self.per_clip_path, text)
@@ -141,6 +197,55 @@ class ResultStore:
         stored = json.loads(self.provenance_path.read_text()) if self.provenance_path.exists() else {}
         stored.update(provenance)
         atomic_write_text(self.provenance_path, json.dumps(stored, indent=2, sort_keys=True, default=str) + "\n")
+
+    # -- shards ----------------------------------------------------------------------
+
+    def _part_paths(self, kind: str) -> list[Path]:
+        return sorted(self.parts_dir.glob(f"{kind}.*.csv")) if self.parts_dir.is_dir() else []
+
+    def merge_shards(self, clip_order: Sequence[str]) -> list[str]:
+        """Fold every part file into ``per_clip.csv`` and ``timing.csv``; returns the clips added.
+
+        Rows already in the main files stay first and unchanged; the parts' clips follow in
+        ``clip_order`` (the dataset's order; unknown clips last, by name), so a sharded run
+        writes byte for byte what one process writes. Each merged file is replaced
+        atomically before any part file is removed, and clips already present are skipped:
+        a merge killed at any point is completed by the next one, without duplicates.
+        Rows are copied as text, so values round-trip exactly.
+        """
+        self._require_main("merging shards")
+        per_clip_parts, timing_parts = self._part_paths("per_clip"), self._part_paths("timing")
+        if not per_clip_parts and not timing_parts:
+            return []
+        position = {clip_id: index for index, clip_id in enumerate(clip_order)}
+
+        def in_clip_order(clip_id: str) -> tuple[int, str]:
+            return position.get(clip_id, len(position)), clip_id
+
+        present = set(self.per_clip()["clip_id"])
+        new_rows = _rows_by_clip(per_clip_parts, skip=present)
+        added = sorted(new_rows, key=in_clip_order)
+        if added:
+            text = self._text() + _csv_text((row for clip_id in added for row in new_rows[clip_id]), PER_CLIP_COLUMNS, False)
+            atomic_write_text(self.per_clip_path, text)
+            self._per_clip_text = text
+
+        timing_text = self.timing_path.read_text() if self.timing_path.exists() else "clip_id,seconds\n"
+        timed = {row["clip_id"] for row in _read_rows(self.timing_path)} if self.timing_path.exists() else set()
+        new_timings = _rows_by_clip(timing_parts, skip=timed)
+        if new_timings:
+            ordered = (row for clip_id in sorted(new_timings, key=in_clip_order) for row in new_timings[clip_id])
+            atomic_write_text(self.timing_path, timing_text + _csv_text(ordered, ["clip_id", "seconds"], False))
+
+        for path in (*per_clip_parts, *timing_parts):
+            path.unlink()
+        # what is left are temporary files of writes killed mid-way (SIGKILL); every
+        # process of the run has stopped by now, so nothing will complete them
+        for leftover in self.parts_dir.glob(".*"):
+            leftover.unlink()
+        if not any(self.parts_dir.iterdir()):
+            self.parts_dir.rmdir()
+        return added
 
     # -- set-level features ----------------------------------------------------------
 
@@ -173,6 +278,7 @@ class ResultStore:
         values are all NaN (set-level metrics, whose value comes from ``extra_rows``) are
         not averaged. ``extra_rows``: set-level values and unavailable metrics.
         """
+        self._require_main("writing the summary")
         rows = []
         per_clip = self.per_clip()
         extra_rows = list(extra_rows)

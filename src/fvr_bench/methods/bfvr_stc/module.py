@@ -252,7 +252,10 @@ class BFVRSTCModule(RestorerModule):
         ``loss``, the ``reconstruction`` and the quantizer output ``quantized``."""
         weights_ = self.loss_settings
         reconstruction, quantized = self.reconstruct(gt)
-        terms = {"l1": (reconstruction - gt).abs().mean(), "lpips": self.perceptual(reconstruction, gt),
+        # a zero-weighted LPIPS would still cost a VGG16 forward and backward per frame
+        lpips = (self.perceptual(reconstruction, gt) if weights_["perceptual_weight"] > 0
+                 else torch.zeros((), device=gt.device))
+        terms = {"l1": (reconstruction - gt).abs().mean(), "lpips": lpips,
                  "codebook": quantized.codebook_loss, "mpr": quantized.mpr}
         terms["gan_g"] = (hinge_generator_loss(self.discriminator(frames_of(reconstruction))) if adversarial
                           else torch.zeros((), device=gt.device))
