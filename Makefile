@@ -1,6 +1,7 @@
 # make demo   — create .venv, install, prepare the embedded sample data, run the main job, print the leaderboard
 # make test   — install dev extras, run the fast test tier (CPU, < 5 min on 2 cores)
-# make bench  — throughput of degradations and metrics (prints the device)
+# make bench  — throughput of degradations and metrics; BFVR-STC and VividFace inference (paper
+#               scale on a GPU, the tiny configs as a smoke check without one); prints the device
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -37,8 +38,13 @@ test: install
 test-all: install
 	$(BIN)/python -m pytest -q -m ""
 
+# Paper-scale method benchmarks need CUDA; without it they run their tiny configs (a smoke check, no figures to quote).
+BENCH_SCALE = $(shell $(BIN)/python -c "import torch; print('' if torch.cuda.is_available() else '--tiny')" 2>/dev/null)
+
 bench: install
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/bench_bfvr_stc.py $(BENCH_SCALE)
+	$(BIN)/python bench/bench_vividface.py $(BENCH_SCALE)
 
 clean:
 	rm -rf outputs .cache/fvr_bench
