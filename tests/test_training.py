@@ -90,6 +90,20 @@ def test_train_resume_ema_and_stage_chaining(tiny_data_dir, tmp_path, one_torch_
     assert not torch.equal(after["tail.weight"], stage1["tail.weight"])
 
 
+def test_an_interrupted_stage_leaves_a_resumable_checkpoint(tiny_data_dir, tmp_path, one_torch_thread):
+    cfg = toy_cfg(tiny_data_dir, tmp_path, "1", "max_steps=4", "checkpoint_every=1000")
+    with open_dict(cfg):
+        cfg.method.module.interrupt_at_step = 2
+    with pytest.raises(SystemExit):  # Lightning shuts down gracefully, then exits
+        train(cfg)
+    last = tmp_path / "outputs" / "train" / "sample" / "bicubic" / "stage_1" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 2
+    cfg.method.module.interrupt_at_step = None
+    run_dir = train(cfg)
+    summary = json.loads((run_dir / "train.json").read_text())
+    assert summary["global_step"] == 4 and summary["resumed_from"]
+
+
 def test_stage_errors_name_the_fix(tiny_data_dir, tmp_path):
     with pytest.raises(ConfigError, match="no stage '3'"):
         train(toy_cfg(tiny_data_dir, tmp_path, "3"))

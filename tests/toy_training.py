@@ -13,7 +13,8 @@ class ToyRestorer(RestorerModule):
 
     name = "toy"
 
-    def __init__(self, width: int = 4, lr: float = 1e-2, stage: str = "1", stage_options: dict | None = None) -> None:
+    def __init__(self, width: int = 4, lr: float = 1e-2, stage: str = "1", stage_options: dict | None = None,
+                 interrupt_at_step: int | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.head = nn.Conv3d(3, width, 3, padding=1)
@@ -27,6 +28,8 @@ class ToyRestorer(RestorerModule):
         return (x + self.tail(torch.relu(self.head(x)))).transpose(1, 2)
 
     def training_step(self, batch, batch_idx):
+        if self.hparams.interrupt_at_step is not None and self.global_step == self.hparams.interrupt_at_step:
+            raise KeyboardInterrupt  # what Ctrl-C does mid-step
         self.seen += len(batch["gt"])
         loss = (self(batch["lq"]) - batch["gt"]).abs().mean()
         self.log("train/loss", loss)

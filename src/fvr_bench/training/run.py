@@ -70,7 +70,7 @@ def train(cfg: DictConfig) -> Path:
     """Fit one stage; returns the run directory."""
     import lightning as L
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     from fvr_bench.config import build
@@ -123,7 +123,9 @@ def train(cfg: DictConfig) -> Path:
 
     callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=-1,
                                  every_n_train_steps=int(cfg.checkpoint_every), filename="step{step:07d}",
-                                 auto_insert_metric_name=False)]
+                                 auto_insert_metric_name=False),
+                 # Ctrl-C, a SLURM preemption signal or a crash still leaves a resumable last.ckpt
+                 OnExceptionCheckpoint(dirpath=run_dir / "checkpoints", filename="last")]
     if options.get("ema"):
         callbacks.append(EMA(float(options.ema)))
     max_steps = int(cfg.max_steps or options.max_steps)
