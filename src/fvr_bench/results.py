@@ -58,6 +58,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def refuse_other_identity(run_json: Path, identity: dict[str, Any], overwrite: bool, elsewhere: str) -> dict[str, Any]:
+    """``identity`` as JSON types; raises :class:`ResultsMismatchError` (naming the fields that
+    differ) when ``run_json`` records another identity and ``overwrite`` is off. Writes nothing."""
+    identity = json.loads(json.dumps(identity, sort_keys=True, default=str))
+    if run_json.exists() and not overwrite:
+        stored = json.loads(run_json.read_text())
+        differing = sorted(key for key in set(stored) | set(identity) if stored.get(key) != identity.get(key))
+        if differing:
+            raise ResultsMismatchError(
+                f"{run_json.parent} holds results of a different configuration (differs in: {', '.join(differing)}). "
+                f"Results are never mixed: pass overwrite=true to replace them, or {elsewhere}."
+            )
+    return identity
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """:func:`atomic_write_bytes` of UTF-8 text, newlines as given."""
     atomic_write_bytes(path, text.encode("utf-8"))
@@ -139,17 +154,8 @@ class ResultStore:
         """Start or resume a run. ``identity`` holds what must match to resume (method,
         data, degradation, metrics, seed, code version); a mismatch stops the run."""
         self._require_main("opening the run")
-        identity = json.loads(json.dumps(identity, sort_keys=True, default=str))
-        if self.run_json_path.exists() and not overwrite:
-            stored = json.loads(self.run_json_path.read_text())
-            differing = sorted(key for key in set(stored) | set(identity) if stored.get(key) != identity.get(key))
-            if differing:
-                raise ResultsMismatchError(
-                    f"{self.run_dir} holds results of a different configuration "
-                    f"(differs in: {', '.join(differing)}). Results are never mixed: pass "
-                    f"overwrite=true to replace them, or paths.output_dir=<another folder>."
-                )
-        elif overwrite:
+        identity = refuse_other_identity(self.run_json_path, identity, overwrite, "paths.output_dir=<another folder>")
+        if overwrite:
             for path in (self.per_clip_path, self.summary_path, self.provenance_path, self.timing_path,
                          *self._part_paths("per_clip"), *self._part_paths("timing")):
                 path.unlink(missing_ok=True)

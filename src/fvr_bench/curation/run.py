@@ -31,8 +31,8 @@ import pandas as pd
 from fvr_bench.config import build
 from fvr_bench.curation.parse import ParsedAnswer, flag_kind, is_kept, parse_answer
 from fvr_bench.curation.rubric import VIVIDFACE_RUBRIC
-from fvr_bench.errors import ConfigError, DataError, ResultsMismatchError
-from fvr_bench.results import _csv_text, atomic_write_text
+from fvr_bench.errors import ConfigError, DataError
+from fvr_bench.results import _csv_text, atomic_write_text, refuse_other_identity
 
 DIMENSIONS = [d.key for d in VIVIDFACE_RUBRIC.dimensions]
 COLUMNS = [
@@ -107,16 +107,7 @@ class CurationStore:
 
     def check(self, identity: dict[str, Any], overwrite: bool) -> None:
         """Refuse to resume results of another identity (unless ``overwrite``); writes nothing."""
-        identity = json.loads(json.dumps(identity, sort_keys=True, default=str))
-        if self.run_json_path.exists() and not overwrite:
-            stored = json.loads(self.run_json_path.read_text())
-            differing = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
-            if differing:
-                raise ResultsMismatchError(
-                    f"{self.out} holds curation results of a different configuration (differs in: "
-                    f"{', '.join(differing)}). Answers are never mixed: pass overwrite=true to replace them, "
-                    f"or out=<another folder>."
-                )
+        refuse_other_identity(self.run_json_path, identity, overwrite, "out=<another folder>")
 
     def open(self, identity: dict[str, Any], overwrite: bool) -> None:
         """Start or resume: ``overwrite`` drops earlier rows; records the identity."""
