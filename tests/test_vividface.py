@@ -40,6 +40,7 @@ from fvr_bench.methods.vividface.windows import (
     restore_in_windows,
     window_spans,
 )
+from fvr_bench.training.checkpoints import load_weights
 
 
 @functools.cache
@@ -170,8 +171,11 @@ def test_checkpoint_round_trip_full_and_lora(lora_rank, tmp_path, carphone):
     trainer.save_checkpoint(path)
 
     saved = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    assert saved and all(key.startswith("transformer.") for key in saved), "no frozen VAE weights in the checkpoint"
-    assert all(".lora_" in key for key in saved) == (lora_rank is not None)
+    dit = [key for key in saved if key.startswith("transformer.")]
+    vae = {key for key in saved if key.startswith("vae.")}
+    assert dit and len(dit) + len(vae) == len(saved)
+    assert vae == {f"vae.{k}" for k in module.vae.state_dict()}, "a constructor-built VAE is not in the Wan folder: it is saved"
+    assert all(".lora_" in key for key in dit) == (lora_rank is not None)
     assert set(saved) == set(module.trained_parameter_names())
 
     restorer = load_restorer(settings, checkpoint=str(path))
@@ -191,6 +195,54 @@ def test_checkpoint_round_trip_full_and_lora(lora_rank, tmp_path, carphone):
     other = tiny_settings(tmp_path, lora_rank=None if lora_rank else 2)
     with pytest.raises(ConfigError, match="lora_rank"):
         load_restorer(other, checkpoint=str(path))
+
+
+@pytest.mark.filterwarnings("ignore:Found .* module\\(s\\) in eval mode", "ignore:`isinstance\\(treespec, LeafSpec\\)`",
+                            "ignore:You are trying to `self.log\\(\\)`")
+def test_vae_stage_trains_the_vae_and_stage_one_carries_it_to_run(tmp_path, carphone):
+    settings = tiny_settings(tmp_path, lr=1e-3, mask_probability=0.0)
+    batch = face_batch(carphone, frames=5, batch=1)
+
+    vae_stage = VividFaceModule(stage="vae", **settings)
+    optimizer = vae_stage.configure_optimizers()
+    assert {id(p) for group in optimizer.param_groups for p in group["params"]} == {id(p) for p in vae_stage.vae.parameters()}
+    initial_vae = copy.deepcopy(vae_stage.vae.state_dict())
+
+    def reconstruction_loss() -> float:
+        torch.manual_seed(0)  # the same posterior sample before and after the step
+        with torch.no_grad():
+            return vae_stage.compute_loss(batch, use_mask=False)[0].item()
+
+    before = reconstruction_loss()
+    trainer = _fit_one_step(vae_stage, batch, tmp_path)
+    assert reconstruction_loss() < before
+    assert all(p.grad is None for p in vae_stage.transformer.parameters()), "stage vae leaves the DiT alone"
+    vae_path = tmp_path / "vae.ckpt"
+    trainer.save_checkpoint(vae_path)
+    vae_weights = load_weights(vae_path)
+    assert set(vae_weights) == {f"vae.{k}" for k in initial_vae}, "a stage-vae checkpoint holds the VAE only"
+    trained_vae = {k: v.clone() for k, v in vae_stage.vae.state_dict().items()}
+    assert not all(torch.equal(trained_vae[k], initial_vae[k]) for k in initial_vae)
+    with pytest.raises(ConfigError, match="stage-vae checkpoint"):
+        load_restorer(settings, checkpoint=str(vae_path))
+
+    first = VividFaceModule(stage="1", **settings)
+    first.init_from_previous_stage(vae_weights, "vae")
+    assert all(torch.equal(first.vae.state_dict()[k], v) for k, v in trained_vae.items())
+    assert not any(p.requires_grad for p in first.vae.parameters()), "stage 1 keeps the VAE frozen"
+    trainer = _fit_one_step(first, face_batch(carphone, frames=5, batch=1), tmp_path)
+    stage1_path = tmp_path / "stage1.ckpt"
+    trainer.save_checkpoint(stage1_path)
+    saved = load_weights(stage1_path)
+    assert all(torch.equal(saved[f"vae.{k}"], v) for k, v in trained_vae.items()), "stage 1's checkpoint carries the trained VAE"
+    restorer = load_restorer(settings, checkpoint=str(stage1_path))
+    assert all(torch.equal(restorer.vae.state_dict()[k], v) for k, v in trained_vae.items())
+    assert torch.equal(restorer.transformer.patch_embedding.weight, first.transformer.patch_embedding.weight)
+
+    with pytest.raises(ConfigError, match="pretrained Wan VAE"):
+        VividFaceModule(stage="vae", **{**settings, "backbone": {**settings["backbone"], "vae": None}})
+    with pytest.raises(ConfigError, match="no VAE weights"):
+        first.init_from_previous_stage({k: v for k, v in saved.items() if k.startswith("transformer.")}, "vae")
 
 
 def test_stage_two_starts_from_stage_one_weights(tmp_path):
@@ -223,7 +275,13 @@ def test_pre_extraction_is_resumable_and_feeds_training(tmp_path, carphone, monk
     assert torch.equal(cached["mask"], fresh["mask"])
 
     with pytest.raises(ConfigError, match="other settings"):
-        tiny(tmp_path, "1", face_classes=[1], latent_cache_dir=str(tmp_path / "latents"))
+        _ = tiny(tmp_path, "1", face_classes=[1], latent_cache_dir=str(tmp_path / "latents")).latent_cache
+    # same architecture and seed, other weights (a VAE trained further in stage vae): refused too
+    other_vae = tiny(tmp_path, "1", latent_cache_dir=str(tmp_path / "latents"))
+    with torch.no_grad():
+        next(other_vae.vae.parameters()).add_(1e-3)
+    with pytest.raises(ConfigError, match="vae_weights_sha1"):
+        _ = other_vae.latent_cache
 
 
 # --------------------------------------------------------------------------- inference

@@ -123,7 +123,7 @@ def train(cfg: DictConfig) -> Path:
 
     callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=-1,
                                  every_n_train_steps=int(cfg.checkpoint_every), filename="step{step:07d}",
-                                 auto_insert_metric_name=False),
+                                 auto_insert_metric_name=False, enable_version_counter=False),
                  # Ctrl-C, a SLURM preemption signal or a crash still leaves a resumable last.ckpt
                  OnExceptionCheckpoint(dirpath=run_dir / "checkpoints", filename="last")]
     if options.get("ema"):

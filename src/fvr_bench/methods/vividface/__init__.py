@@ -1,6 +1,7 @@
 """VividFace (Zhang et al. 2025): one-step flow-matching video face restoration on Wan2.1.
 
-``module``    VividFaceModule (Lightning: stages "1" latent / "2" pixel + DISTS) and load_restorer
+``module``    VividFaceModule (Lightning: stages "1" latent / "2" pixel + DISTS, and "vae" — VAE
+              pre-training for runs without the Wan weights, not in the paper) and load_restorer
 ``backbone``  Wan DiT + VAE loading or tiny building, latent normalisation, empty-prompt embedding cache
 ``masks``     face parsers (BiSeNet / MediaPipe hull) and the pixel → latent mask alignment
 ``bisenet``   the BiSeNet face-parsing network

@@ -11,6 +11,10 @@ Training: stage "1" regresses ẑ_h on the GT latent z_h with the face-focused s
 decodes ẑ_h through the frozen VAE decoder and applies the switch loss on pixels (pixel face
 mask) + λ·DISTS. The whole DiT is trained, or LoRA adapters on its attention projections
 (``lora_rank``). Latents and masks can be pre-extracted to disk (:meth:`pre_extract`).
+
+Stage "vae" is not in the paper (which starts from the pretrained Wan VAE): it trains a VAE
+built from constructor arguments as an autoencoder on GT windows (L1 + small KL), for runs
+without the Wan weights; stage 1 then starts from it (``init_from: vae``) and keeps it frozen.
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ from fvr_bench.methods.vividface.windows import (
 
 log = logging.getLogger(__name__)
 
-STAGES = ("1", "2")
+STAGES = ("vae", "1", "2")
+VAE_STAGE = "vae"  # autoencoder pre-training of a constructor-built VAE (not in the paper)
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # self- and cross-attention projections of every block
 SPATIAL_MULTIPLE = 16  # VAE 8× × DiT patch 2
 
@@ -85,16 +90,30 @@ def _base_layer_key(key: str) -> str | None:
     return None
 
 
+def state_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-1 of a module's tensors (names, dtypes, shapes and values): tells two sets of weights
+    of the same architecture apart, e.g. a random VAE from the one trained in stage ``vae``."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(module.state_dict().items()):
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}".encode())
+        if data.numel():
+            digest.update(data.reshape(-1).view(torch.uint8).numpy())  # the raw bytes, without a copy
+    return digest.hexdigest()
+
+
 class VividFaceModule(RestorerModule):
     """VividFace on ``WanTransformer3DModel`` + ``AutoencoderKLWan``.
 
     Tensor conventions: frames ``(B, T, 3, H, W)`` in [0, 1]; latents ``(B, 16, 1 + (T−1)/4, H/8, W/8)``
     normalised. Training clips need T = 1 + 4k and H, W multiples of 16.
 
-    stage:             "1" (latent loss), "2" (pixel + DISTS loss) or None (inference only).
+    stage:             "vae" (VAE pre-training, constructor-built VAEs only: L1 + ``kl_weight``·KL),
+                       "1" (latent loss), "2" (pixel + DISTS loss) or None (inference only).
     backbone:          :class:`.backbone.BackboneConfig` mapping (Wan folder, or tiny constructor arguments).
     timestep:          t* on Wan's 0-1000 scale; velocity_scale: s in ẑ_h = z_l + s·v.
     mask_probability:  p of the face-focused switch; dists_weight: λ of stage 2's DISTS term;
+    kl_weight:         weight of the KL term of stage "vae" (per-sample sums, as LDM-style VAEs weigh it);
                        pretrained_losses: DISTS with released weights (False: random, tests).
     mask_parser, bisenet_path, face_classes, parser_input_size: the face parser (:mod:`.masks`).
     lora_rank, lora_alpha: LoRA on the DiT's attention projections instead of full fine-tuning.
@@ -118,6 +137,7 @@ class VividFaceModule(RestorerModule):
         velocity_scale: float = 1.0,
         mask_probability: float = 0.5,
         dists_weight: float = 0.1,
+        kl_weight: float = 1e-6,
         pretrained_losses: bool = True,
         mask_parser: str = "auto",
         bisenet_path: str | None = None,
@@ -145,8 +165,8 @@ class VividFaceModule(RestorerModule):
         stage_options = _plain(stage_options)
         stage = None if stage is None else str(stage)
         self.save_hyperparameters()
-        # the checkpoint holds only the trained weights (see on_save_checkpoint); Lightning
-        # must not demand the frozen VAE back, on_load_checkpoint checks the trained ones
+        # the checkpoint holds only the weights not read from the Wan folder (see on_save_checkpoint);
+        # Lightning must not demand the rest back, on_load_checkpoint checks those it holds
         self.strict_loading = False
         if stage not in (None, *STAGES):
             raise ConfigError(f"vividface: stage must be one of {STAGES} (or None for inference), got '{stage}'")
@@ -161,6 +181,9 @@ class VividFaceModule(RestorerModule):
         self.timestep = float(timestep)
         self.velocity_scale = float(velocity_scale)
         self.dists_weight = float(dists_weight)
+        self.kl_weight = float(kl_weight)
+        if self.kl_weight < 0:
+            raise ConfigError(f"vividface: kl_weight must be >= 0, got {kl_weight}")
         # the train command passes the stage's mapping; its lr wins over the module default
         self.lr = float((stage_options or {}).get("lr") or lr)
         self.lora_rank = None if lora_rank in (None, 0) else int(lora_rank)
@@ -176,9 +199,16 @@ class VividFaceModule(RestorerModule):
                 f"vividface: backbone.{'/'.join(config.random_parts)} given as constructor arguments builds RANDOM "
                 f"weights (tests and benchmarks only); set allow_random_weights: true, or null to load the Wan folder"
             )
+        # the VAE is trained here (stage "vae") only when it is built from constructor arguments;
+        # the Wan VAE is pretrained and stays as released
+        self.vae_from_wan = config.vae is None
+        if stage == VAE_STAGE and self.vae_from_wan:
+            raise ConfigError(
+                "vividface stage vae trains a VAE built from constructor arguments (runs without the Wan weights); "
+                "this configuration loads the pretrained Wan VAE (method.module.backbone.vae: null) — train stage 1 directly"
+            )
         wan_dir = locate_wan_dir(config)  # before anything big is built: a missing folder stops here
         self.backbone_source = str(wan_dir) if wan_dir is not None else "random (constructor arguments)"
-        self._random_vae_seed = None if config.vae is None else int(seed)
         self.transformer = build_transformer(config, wan_dir, seed)
         self.vae = build_vae(config, wan_dir, seed)
         load_encoder = (lambda: tiny_text_encoder(config.text_encoder, seed)) if config.text_encoder is not None \
@@ -187,17 +217,22 @@ class VividFaceModule(RestorerModule):
                                     load_encoder).get()
         self.register_buffer("text_embedding", text, persistent=False)
 
-        self.transformer.requires_grad_(stage is not None and self.lora_rank is None)
+        trains_dit = stage in ("1", "2")
+        self.transformer.requires_grad_(trains_dit and self.lora_rank is None)
         if self.lora_rank is not None:
             self._add_lora(self.lora_rank, lora_alpha)
-        if stage is not None and gradient_checkpointing:
+        if trains_dit and gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
+        if stage == VAE_STAGE:
+            self.vae.train().requires_grad_(True)
 
         self._parser_settings = {"kind": mask_parser, "bisenet_path": bisenet_path, "face_classes": face_classes,
                                      "input_size": parser_input_size, "allow_random_weights": allow_random_weights}
         self._parser = None
         self._loss_networks: dict[str, torch.nn.Module] = {}  # not submodules: never in checkpoints
-        self.latent_cache = self._open_cache(latent_cache_dir) if latent_cache_dir and stage else None
+        # opened on first use, after init_from_previous_stage may have replaced the VAE it is keyed on
+        self._latent_cache_dir = latent_cache_dir if stage in ("1", "2") else None
+        self._latent_cache: LatentCache | None = None
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -208,7 +243,7 @@ class VividFaceModule(RestorerModule):
                             target_modules=list(LORA_TARGETS))
         self.transformer.add_adapter(config)
         for name, parameter in self.transformer.named_parameters():
-            parameter.requires_grad_(self.stage is not None and ".lora_" in name)
+            parameter.requires_grad_(self.stage in ("1", "2") and ".lora_" in name)
 
     @property
     def parser(self):
@@ -218,14 +253,23 @@ class VividFaceModule(RestorerModule):
             log.info("vividface: face masks from the %s parser", self._parser.name)
         return self._parser
 
+    @property
+    def latent_cache(self) -> LatentCache | None:
+        """The pre-extracted inputs this stage reads (``latent_cache_dir`` or :meth:`pre_extract`'s), or None."""
+        if self._latent_cache is None and self._latent_cache_dir:
+            self._latent_cache = self._open_cache(self._latent_cache_dir)
+        return self._latent_cache
+
     def _open_cache(self, cache_dir: str | os.PathLike) -> LatentCache:
         vae_config = {k: v for k, v in dict(self.vae.config).items() if not k.startswith("_")}
         meta = {
-            "format": 1,
+            "format": 2,
             "stage": self.stage,
             # not the folder's path: moving the Wan folder must not invalidate the cache
-            "vae": "pretrained" if self._random_vae_seed is None else f"random (seed {self._random_vae_seed})",
+            "vae": "pretrained (Wan folder)" if self.vae_from_wan else "constructor arguments (random or stage vae)",
             "vae_config_sha1": hashlib.sha1(json.dumps(vae_config, sort_keys=True, default=str).encode()).hexdigest(),
+            # the weights themselves: a VAE trained further (or another seed) must not reuse latents
+            "vae_weights_sha1": state_fingerprint(self.vae),
             "mask_parser": self.parser.name,
             "face_classes": self._parser_settings["face_classes"],
             "storage_dtype": str(self.cache_dtype).removeprefix("torch."),
@@ -233,9 +277,19 @@ class VividFaceModule(RestorerModule):
         return LatentCache(Path(cache_dir) / f"stage{self.stage}", meta, self.cache_dtype)
 
     def trained_parameter_names(self) -> list[str]:
-        """What a checkpoint of this configuration holds: every DiT weight, or only the LoRA weights."""
-        names = [name for name, _ in self.named_parameters() if name.startswith("transformer.")]
-        return [name for name in names if ".lora_" in name] if self.lora_rank else names
+        """What a checkpoint of this configuration holds: everything not read from the Wan folder.
+
+        Stage "vae": the VAE's weights. Otherwise every DiT weight (or only the LoRA weights),
+        plus the VAE's when it was built from constructor arguments (trained in stage "vae", or
+        random), so that ``run`` restores the VAE the DiT was trained with.
+        """
+        names = [name for name, _ in self.named_parameters()]
+        vae = [name for name in names if name.startswith("vae.")]
+        if self.stage == VAE_STAGE:
+            return vae
+        dit = [name for name in names if name.startswith("transformer.")]
+        dit = [name for name in dit if ".lora_" in name] if self.lora_rank else dit
+        return dit + ([] if self.vae_from_wan else vae)
 
     # ------------------------------------------------------------------ the one step
 
@@ -343,8 +397,9 @@ class VividFaceModule(RestorerModule):
         Only the VAE and the parser run, on ``device`` (default: this rank's GPU, else CPU).
         Returns the number of samples extracted by this call.
         """
-        if self.stage is None:
-            raise ConfigError("vividface: pre_extract needs a training stage")
+        if self.stage not in ("1", "2"):
+            raise ConfigError(f"vividface: pre_extract needs stage 1 or 2 (stage {self.stage} reads frames, "
+                              f"set train.stages.{self.stage}.pre_extract: false)")
         rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
         if device is None:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
@@ -366,7 +421,7 @@ class VividFaceModule(RestorerModule):
                 extracted += len(todo)
         finally:
             self.vae.to(home)
-        self.latent_cache = cache
+        self._latent_cache, self._latent_cache_dir = cache, cache_dir
         log.info("vividface: %d samples pre-extracted to %s (mask parser: %s)", extracted, cache.root, self.parser.name)
         return extracted
 
@@ -386,8 +441,29 @@ class VividFaceModule(RestorerModule):
             net = self._loss_networks["dists"] = build_dists_net(alpha_beta, backbone)
         return net.to(device)
 
+    def vae_reconstruction_loss(self, gt: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Stage "vae": GT ``(B, 1 + 4k, 3, S, S)`` in [0, 1] → (loss, parts).
+
+        The VAE sees ``(B, 3, T, S, S)`` in [−1, 1]; a posterior **sample** is decoded (the
+        reparameterised training of a VAE). Loss = mean |x − x̂| (in [−1, 1]) + ``kl_weight`` ·
+        KL(q(z|x) ‖ N(0, I)) summed over the latent and divided by the pixel count: the per-sample
+        sums of LDM-style VAE training, both divided by the same number.
+        """
+        self._check_training_clip(gt)
+        video = gt.float().permute(0, 2, 1, 3, 4) * 2.0 - 1.0
+        posterior = self.vae.encode(video).latent_dist
+        reconstruction = self.vae.decode(posterior.sample()).sample
+        l1 = (reconstruction - video).abs().mean()
+        kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar)
+        kl_per_pixel = kl.flatten(1).sum(1).mean() / video[0].numel()
+        loss = l1 + self.kl_weight * kl_per_pixel
+        return loss, {"l1": l1.detach(), "kl": kl_per_pixel.detach()}
+
     def compute_loss(self, batch: dict, use_mask: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The stage's loss on a batch with the switch set to ``use_mask``; returns (loss, parts)."""
+        """The stage's loss on a batch with the switch set to ``use_mask`` (ignored by stage "vae");
+        returns (loss, parts)."""
+        if self.stage == VAE_STAGE:
+            return self.vae_reconstruction_loss(batch["gt"])
         inputs = self.training_inputs(batch)
         prediction = self.one_step(inputs["lq_latent"])
         if self.stage == "1":
@@ -408,11 +484,12 @@ class VividFaceModule(RestorerModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.stage is None:
             raise ConfigError("vividface: this module was built for inference (stage None)")
-        use_mask = self.mask_switch.draw()
+        use_mask = self.stage != VAE_STAGE and self.mask_switch.draw()
         loss, parts = self.compute_loss(batch, use_mask)
         batch_size = batch["gt"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/face_focused_step", float(use_mask), batch_size=batch_size)
+        if self.stage != VAE_STAGE:
+            self.log("train/face_focused_step", float(use_mask), batch_size=batch_size)
         for name, value in parts.items():
             self.log(f"train/{name}", value, batch_size=batch_size)
         return loss
@@ -430,11 +507,13 @@ class VividFaceModule(RestorerModule):
     # ------------------------------------------------------------------ weights
 
     def load_trained_weights(self, state_dict: Mapping[str, torch.Tensor], source: str, require_all: bool = True) -> list[str]:
-        """Load DiT (or LoRA) weights from a module state dict; returns the keys loaded.
+        """Load DiT (or LoRA) weights, and VAE weights trained here, from a module state dict;
+        returns the keys loaded.
 
         Keys of unwrapped layers are mapped onto peft's ``base_layer`` when this module has
         LoRA. Unknown keys are an error (with a hint when they are LoRA weights and
-        ``lora_rank`` is unset); with ``require_all`` every trained weight must be present.
+        ``lora_rank`` is unset), and so are VAE weights when this module's VAE is the Wan
+        folder's; with ``require_all`` every weight of :meth:`trained_parameter_names` must be present.
         """
         own = self.state_dict()
         mapped, unexpected = {}, []
@@ -451,12 +530,21 @@ class VividFaceModule(RestorerModule):
                 hint = f"; it holds LoRA weights of rank {state_dict[lora[0]].shape[0]}: set method.module.lora_rank to it"
             raise ConfigError(f"{source}: {len(unexpected)} weight(s) this VividFace configuration does not have "
                               f"(e.g. {unexpected[:3]}){hint}")
+        if self.vae_from_wan and any(key.startswith("vae.") for key in mapped):
+            raise ConfigError(f"{source}: holds VAE weights trained in this project (stage vae), but this configuration "
+                              f"uses the pretrained Wan VAE; set method.module.backbone.vae to the VAE arguments it was trained with")
         missing = [name for name in self.trained_parameter_names() if name not in mapped]
         if require_all and missing:
-            hint = "; it has no LoRA weights: set method.module.lora_rank: null" if self.lora_rank and not any(".lora_" in k for k in mapped) else ""
+            hint = ""
+            if self.lora_rank and not any(".lora_" in k for k in mapped):
+                hint = "; it has no LoRA weights: set method.module.lora_rank: null"
+            elif mapped and all(key.startswith("vae.") for key in mapped):
+                hint = "; it holds only a VAE (a stage-vae checkpoint): train stage 1 from it and use that checkpoint"
+            elif any(name.startswith("vae.") for name in missing) and not any(key.startswith("vae.") for key in mapped):
+                hint = "; it has no VAE weights, and this configuration's VAE is not the Wan folder's (backbone.vae is set)"
             raise ConfigError(f"{source}: {len(missing)} trained weight(s) missing (e.g. {missing[:3]}){hint}")
-        if not any(key.startswith("transformer.") for key in mapped):
-            raise ConfigError(f"{source}: holds no VividFace DiT weights")
+        if not any(key.startswith(("transformer.", "vae.")) for key in mapped):
+            raise ConfigError(f"{source}: holds no VividFace DiT or VAE weights")
         try:
             self.load_state_dict(mapped, strict=False)
         except RuntimeError as error:
@@ -464,15 +552,34 @@ class VividFaceModule(RestorerModule):
         return sorted(mapped)
 
     def init_from_previous_stage(self, state_dict: Mapping[str, torch.Tensor], previous_stage: str) -> None:
-        """Start this stage from the previous one's DiT (or LoRA) weights."""
-        loaded = self.load_trained_weights(state_dict, f"stage {previous_stage} weights", require_all=False)
+        """Start this stage from the previous one's weights: from stage "vae" its whole VAE
+        (every VAE weight required; the DiT keeps its initialisation), otherwise the DiT (or
+        LoRA) weights and, when present, the VAE weights trained here."""
+        source = f"stage {previous_stage} weights"
+        if str(previous_stage) == VAE_STAGE:
+            vae_weights = {key[len("vae."):]: value for key, value in state_dict.items() if key.startswith("vae.")}
+            if not vae_weights:
+                raise ConfigError(f"{source}: holds no VAE weights (keys 'vae.*'); is it a stage-vae checkpoint?")
+            if self.vae_from_wan:
+                raise ConfigError(f"{source}: a VAE trained in stage vae cannot replace the pretrained Wan VAE of this "
+                                  f"configuration; set method.module.backbone.vae to the arguments it was trained with")
+            try:
+                self.vae.load_state_dict(vae_weights, strict=True)
+            except RuntimeError as error:
+                raise ConfigError(f"{source}: the VAE does not fit method.module.backbone.vae: {error}") from error
+            loaded = [f"vae.{key}" for key in vae_weights]
+        else:
+            loaded = self.load_trained_weights(state_dict, source, require_all=False)
+        if any(key.startswith("vae.") for key in loaded):
+            self._latent_cache = None  # keyed on the VAE's weights: reopen with the new ones
         log.info("vividface stage %s: %d tensors initialised from stage %s", self.stage, len(loaded), previous_stage)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # the frozen VAE (and, with LoRA, the frozen DiT) come from the Wan folder: keep only what was trained
+        # what comes from the Wan folder (the VAE; with LoRA the base DiT) is not repeated in the checkpoint
         keep = set(self.trained_parameter_names())
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["vividface"] = {"stage": self.stage, "lora_rank": self.lora_rank, "backbone": self.backbone_source,
+                                   "vae": "pretrained (Wan folder)" if self.vae_from_wan else "in this checkpoint",
                                    "mask_parser": self._parser.name if self._parser is not None else None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
