@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 
@@ -58,6 +60,7 @@ def test_data_degrade_exports_the_cached_lq(tiny_data_dir, tmp_path):
     assert len(sorted((tmp_path / "export" / "mask").rglob("*.png"))) == 18
 
 
+@pytest.mark.slow
 def test_severity_sweep_is_restartable_and_merges(tiny_data_dir, tmp_path):
     args = [*overrides(tiny_data_dir, tmp_path, "metrics=fidelity"), "sweep=blur_severity",
             "degradation.ops.0.sigma=[1.0,1.0],[4.0,4.0]"]

@@ -51,6 +51,7 @@ def test_two_processes_write_what_one_process_writes(tiny_data_dir, tmp_path):
     assert pd.read_csv(two / "timing.csv")["clip_id"].tolist() == CLIPS
 
 
+@pytest.mark.slow
 def test_killed_shards_are_skipped_on_every_rank_and_errors_reach_the_caller(tiny_data_dir, tmp_path):
     """Rank 1 of a killed run finished carphone_000. The new two-process run merges that,
     leaves carphone_000 alone, and fails on carphone_001 (no saved output): the caller gets
