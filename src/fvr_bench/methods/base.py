@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from collections.abc import Callable, Sequence
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -91,3 +93,33 @@ def pad_to_multiple(frames: torch.Tensor, multiple: int) -> tuple[torch.Tensor, 
 def crop_to(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Crop ``(..., H', W')`` back to its top-left ``(H, W)``."""
     return frames[..., : size[0], : size[1]]
+
+
+def blend_windows(
+    video: torch.Tensor,
+    restore_window: Callable[[torch.Tensor], torch.Tensor],
+    spans: Sequence[tuple[int, int]],
+    weights: Sequence[torch.Tensor],
+    time_dim: int,
+) -> torch.Tensor:
+    """Run ``restore_window`` on each ``[start, stop)`` span of ``video`` along ``time_dim`` and
+    blend: a weighted sum of the window outputs (``weights``: one float64 per-frame vector per
+    span), divided by the summed weight of every frame. The output has ``video``'s frame count
+    along ``time_dim``; the other dims are whatever ``restore_window`` returns. Where spans and
+    weights come from is the method's policy (see the methods' ``windows`` modules)."""
+    total = video.shape[time_dim]
+    output = weight_sum = None
+    for (start, stop), weight in zip(spans, weights):
+        restored = restore_window(video.narrow(time_dim, start, stop - start))
+        if output is None:
+            shape = list(restored.shape)
+            shape[time_dim] = total
+            output = restored.new_zeros(shape)
+            weight_sum = torch.zeros(total, dtype=torch.float64)
+        along_time = [1] * restored.ndim
+        along_time[time_dim] = -1
+        output.narrow(time_dim, start, stop - start).add_(restored * weight.to(restored).view(along_time))
+        weight_sum[start:stop] += weight
+    along_time = [1] * output.ndim
+    along_time[time_dim] = -1
+    return output / weight_sum.to(output).view(along_time)

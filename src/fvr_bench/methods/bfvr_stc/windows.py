@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from fvr_bench.errors import ConfigError
+from fvr_bench.methods.base import blend_windows
 
 
 def pad_frames(video: torch.Tensor, multiple: int, dim: int = 2) -> tuple[torch.Tensor, int]:
@@ -79,13 +80,4 @@ def restore_in_windows(video: torch.Tensor, fn: Callable[[torch.Tensor], torch.T
         padded, frames = pad_frames(video, multiple)
         return fn(padded)[:, :, :frames]
     windows = temporal_windows(num_frames, window, overlap)
-    output = None
-    total = None
-    for (start, end), weight in zip(windows, blend_weights(windows)):
-        restored = fn(video[:, :, start:end])
-        if output is None:
-            output = restored.new_zeros(*restored.shape[:2], num_frames, *restored.shape[3:])
-            total = torch.zeros(num_frames, dtype=torch.float64)
-        output[:, :, start:end] += restored * weight.to(restored).view(1, 1, -1, 1, 1)
-        total[start:end] += weight
-    return output / total.to(output).view(1, 1, -1, 1, 1)
+    return blend_windows(video, fn, windows, blend_weights(windows), time_dim=2)

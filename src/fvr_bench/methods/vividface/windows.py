@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from fvr_bench.errors import ConfigError
+from fvr_bench.methods.base import blend_windows
 
 TEMPORAL_FACTOR = 4  # Wan VAE: latent frames = 1 + (frames - 1) / 4
 
@@ -103,13 +104,5 @@ def restore_in_windows(
     spans = window_spans(total, window, overlap)
     if len(spans) == 1:
         return restore_window(frames)
-    output = weight_sum = None
-    for (start, stop), weight in zip(spans, blend_weights(spans, overlap)):
-        restored = restore_window(frames[:, start:stop]).float()
-        if output is None:
-            output = restored.new_zeros(restored.shape[0], total, *restored.shape[2:])
-            weight_sum = torch.zeros(total, dtype=torch.float64)
-        shaped = weight.to(restored.dtype).to(restored.device).view(1, -1, *([1] * (restored.ndim - 2)))
-        output[:, start:stop] += restored * shaped
-        weight_sum[start:stop] += weight
-    return output / weight_sum.to(output.dtype).to(output.device).view(1, -1, *([1] * (output.ndim - 2)))
+    return blend_windows(frames, lambda window_frames: restore_window(window_frames).float(), spans,
+                         blend_weights(spans, overlap), time_dim=1)
