@@ -101,7 +101,7 @@ class ClipWindows(torch.utils.data.Dataset):
         return self._clips[clip_id]
 
     def _fixed_starts(self, clip_id: str) -> list[int]:
-        total = self.dataset.load(clip_id).num_frames
+        total = len(self._clip(clip_id))  # loads and keeps the clip: sampling reads it from memory
         if total <= self.frames:
             return [0]
         starts = list(range(0, total - self.frames + 1, self.frames))
