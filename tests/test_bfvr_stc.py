@@ -13,10 +13,13 @@ from omegaconf import OmegaConf
 from fvr_bench import weights
 from fvr_bench.cli import compose
 from fvr_bench.errors import ConfigError, WeightsMissingError
+from fvr_bench.evaluate import run_identity
+from fvr_bench.methods.bfvr_stc import module as bfvr_module
 from fvr_bench.methods.bfvr_stc.autoencoder import VideoDecoder, VideoEncoder
 from fvr_bench.methods.bfvr_stc.discriminator import DinoDiscriminator
-from fvr_bench.methods.bfvr_stc.module import BFVRSTCModule, load_restorer
+from fvr_bench.methods.bfvr_stc.module import BFVRSTCModule, autoencoder_parts, load_restorer, minmax_stretch
 from fvr_bench.methods.bfvr_stc.official import (
+    UNUSED_OFFICIAL_PREFIXES,
     from_official,
     official_key_map,
     to_official,
@@ -59,8 +62,8 @@ def random_video(frames: int, height: int, width: int, seed: int = 1) -> torch.T
 
 
 def test_autoencoder_compresses_8x_space_2x_time_and_restore_keeps_odd_shapes(tiny):
-    encoder = VideoEncoder(**tiny["autoencoder"])
-    decoder = VideoDecoder(**tiny["autoencoder"])
+    encoder_args, decoder_args = autoencoder_parts(tiny["autoencoder"])
+    encoder, decoder = VideoEncoder(**encoder_args), VideoDecoder(**decoder_args)
     latent = encoder(torch.rand(1, 3, 6, 40, 56))
     assert latent.shape == (1, 16, 3, 5, 7)
     assert decoder(latent).shape == (1, 3, 6, 40, 56)
@@ -75,6 +78,19 @@ def test_autoencoder_compresses_8x_space_2x_time_and_restore_keeps_odd_shapes(ti
         restorer.restore(random_video(2, 16, 16), task="inpainting")
 
 
+def test_decoder_attention_is_its_own_setting_with_the_official_default(tiny):
+    # official Generator: attention after each res block of levels 3 and 2; Encoder: level 3 only
+    with torch.device("meta"):
+        decoder, encoder = VideoDecoder(), VideoEncoder()
+    assert [level.attentions is not None for level in decoder.levels] == [False, False, True, True]
+    assert [level.attentions is not None for level in encoder.levels] == [False, False, False, True]
+    module = build(tiny, "1", autoencoder={**tiny["autoencoder"], "decoder_attention_levels": [1]})
+    assert [level.attentions is not None for level in module.decoder.levels] == [False, True, False, False]
+    assert [level.attentions is not None for level in module.hq_encoder.levels] == [False, False, False, True]
+    with pytest.raises(ConfigError, match="decoder_attention_levels"):
+        build(tiny, "1", autoencoder={**tiny["autoencoder"], "decoder_attention_levels": [4]})
+
+
 # ---------------------------------------------------------------------- quantizer
 
 
@@ -83,7 +99,7 @@ def test_lookup_is_the_brute_force_nearest_code_and_straight_through_reaches_the
     quantizer = SpatioTemporalQuantizer(codebook_size=32, emb_dim=16, temporal_norm_groups=4)
     for codebook in (quantizer.spatial_codebook, quantizer.temporal_codebook):
         torch.nn.init.normal_(codebook.weight)
-    encoder = VideoEncoder(**tiny["autoencoder"])
+    encoder = VideoEncoder(**autoencoder_parts(tiny["autoencoder"])[0])
     z = encoder(torch.rand(2, 3, 4, 16, 24))
     out = quantizer(z)
 
@@ -226,14 +242,15 @@ def test_stage_two_steps_reduce_the_loss_keep_stage_one_frozen_and_round_trip_a_
 def test_official_layout_key_mapping_round_trip(tiny, tmp_path):
     original = build(tiny, "inference", seed=2).eval()
     mapping = official_key_map(original)
-    # the official constructors' block order for ch_mult (1,2,2,2), one res block, attention at the last level
+    # the official constructors' block order for ch_mult (1,2,2,2), one res block, attention as official
     assert mapping["encoder.blocks.0.weight"] == "lq_encoder.conv_in.weight"
     assert mapping["encoder.blocks.2.conv.weight"] == "lq_encoder.levels.0.resample.conv.weight"
     assert mapping["encoder.blocks.8.q.weight"] == "lq_encoder.levels.3.attentions.0.q.weight"
     assert mapping["encoder.blocks.10.proj_out.weight"] == "lq_encoder.bottleneck.attention.proj_out.weight"
     assert mapping["encoder.blocks.12.weight"] == "lq_encoder.norm_out.weight"
     assert mapping["generator.blocks.5.norm.weight"] == "decoder.levels.3.attentions.0.norm.weight"
-    assert mapping["generator.blocks.11.conv.weight"] == "decoder.levels.0.resample.conv.weight"
+    assert mapping["generator.blocks.7.q.weight"] == "decoder.levels.2.attentions.0.q.weight"  # decoder: levels 3 and 2
+    assert mapping["generator.blocks.12.conv.weight"] == "decoder.levels.0.resample.conv.weight"
     assert mapping["t_ft_layers.0.self_attn.in_proj_weight"] == "temporal_transformer.layers.0.attention.in_proj_weight"
     assert sorted(mapping.values()) == sorted(original.state_dict())
 
@@ -258,24 +275,188 @@ def test_official_layout_key_mapping_round_trip(tiny, tmp_path):
         load_restorer(tiny, path)
 
 
-def test_paper_scale_official_layout_matches_the_official_block_order():
+def official_release_layout(n_layers: int = 9) -> dict[str, tuple[int, ...]]:
+    """Key → shape of the state dict of the official release ``ckpt-bfvr.pth`` (``params_ema``), in
+    its order, derived from github.com/Dixin-Lab/BFVR-STC without using ``official.py``.
+
+    ``scripts/infer_bfvr.py`` builds ``CodeFormer3D(n_head=2, n_layers=n_layers)`` (9; the deflicker
+    scripts use 6): ``VQAutoEncoder3D(img_size=512, nf=32, ch_mult=[1, 2, 4, 8], res_blocks=2,
+    attn_resolutions=[32], codebook_size=1024, emb_dim=256)``, which hands ``Encoder`` and
+    ``Generator`` a hard-coded resolution of 256. Both append their blocks to one list and add
+    an ``AttnBlock`` after a ``ResBlock`` whenever their running *nominal* resolution is in
+    ``attn_resolutions``: the encoder's starts at 256 and halves after each level but the last;
+    the generator's starts at 256 / 8 and doubles after each upsampling, and the top level has
+    none. ``Downsample2D`` / ``Upsample2D`` at levels 1 and 2, the 3D ones at level 0. Then
+    ``position_emb_s/t`` (64² tokens), the unused ``s/t_feat_emb`` and ``fuse_convs_dict``
+    (``connect_list`` 32, 64, 128, 256 → channels 256, 256, 128, 128), ``nn.MultiheadAttention``
+    + ``linear1/2`` + ``norm1/2`` layers of MLP 512, ``LayerNorm`` + bias-free ``Linear`` heads.
+    """
+    nf, ch_mult, res_blocks, emb_dim, codes, attn_resolutions, nominal = 32, (1, 2, 4, 8), 2, 256, 1024, (32,), 256
+    k3, k1 = (3, 3, 3), (1, 1, 1)
+    layout: dict[str, tuple[int, ...]] = {}
+
+    def conv(name, out_ch, in_ch, kernel, bias=True):
+        layout[f"{name}.weight"] = (out_ch, in_ch, *kernel)
+        if bias:
+            layout[f"{name}.bias"] = (out_ch,)
+
+    def norm(name, channels):
+        layout[f"{name}.weight"], layout[f"{name}.bias"] = (channels,), (channels,)
+
+    def res(name, in_ch, out_ch):
+        norm(f"{name}.norm1", in_ch), conv(f"{name}.conv1", out_ch, in_ch, k3)
+        norm(f"{name}.norm2", out_ch), conv(f"{name}.conv2", out_ch, out_ch, k3)
+        if in_ch != out_ch:
+            conv(f"{name}.conv_out", out_ch, in_ch, k1)
+
+    def attn(name, channels):
+        norm(f"{name}.norm", channels)
+        for part in ("q", "k", "v", "proj_out"):
+            conv(f"{name}.{part}", channels, channels, k1)
+
+    def blocks(prefix):  # appends to a numbered block list, like ModuleList.append
+        count = itertools.count()
+        return lambda kind, *args: kind(f"{prefix}.blocks.{next(count)}", *args)
+
+    layout["position_emb_s"] = layout["position_emb_t"] = ((512 // 8) ** 2, 256)
+    levels = len(ch_mult)
+    add, resolution, in_mult = blocks("encoder"), nominal, (1, *ch_mult)
+    add(conv, nf, 3, k3)
+    for i in range(levels):
+        channels, out_ch = nf * in_mult[i], nf * ch_mult[i]
+        for _ in range(res_blocks):
+            add(res, channels, out_ch)
+            channels = out_ch
+            if resolution in attn_resolutions:
+                add(attn, channels)
+        if i != levels - 1:
+            spatial_only = i in (levels - 2, levels - 3)
+            add(lambda name, c, k=(1, 3, 3) if spatial_only else k3: conv(f"{name}.conv", c, c, k), channels)
+            resolution //= 2
+    add(res, channels, channels), add(attn, channels), add(res, channels, channels)
+    add(norm, channels), add(conv, emb_dim, channels, k3)
+
+    layout["quantize.embedding_s.weight"] = layout["quantize.embedding_t.weight"] = (codes, emb_dim)
+    attn("quantize.SA", emb_dim)  # SA2: the same parameter names (its GroupNorm has 16 groups)
+
+    add, channels, resolution = blocks("generator"), nf * ch_mult[-1], nominal // 2 ** (levels - 1)
+    add(conv, channels, emb_dim, k3)
+    add(res, channels, channels), add(attn, channels), add(res, channels, channels)
+    for i in reversed(range(levels)):
+        out_ch = nf * ch_mult[i]
+        for _ in range(res_blocks):
+            add(res, channels, out_ch)
+            channels = out_ch
+            if resolution in attn_resolutions:
+                add(attn, channels)
+        if i != levels - 1:
+            add(lambda name, c: conv(f"{name}.conv", c, c, k3), channels)  # Upsample2D and Upsample: 3×3×3
+            resolution *= 2
+    add(norm, channels), add(conv, 3, channels, k3)
+
+    dim = 256
+    for letter in "st":
+        conv(f"{letter}_feat_emb", dim, emb_dim, ())
+    for letter in "st":
+        for i in range(n_layers):
+            layer = f"{letter}_ft_layers.{i}"
+            layout[f"{layer}.self_attn.in_proj_weight"], layout[f"{layer}.self_attn.in_proj_bias"] = (3 * dim, dim), (3 * dim,)
+            conv(f"{layer}.self_attn.out_proj", dim, dim, ())
+            conv(f"{layer}.linear1", 2 * dim, dim, ()), conv(f"{layer}.linear2", dim, 2 * dim, ())
+            norm(f"{layer}.norm1", dim), norm(f"{layer}.norm2", dim)
+    for letter in "st":
+        norm(f"{letter}_idx_pred_layer.0", dim)
+        conv(f"{letter}_idx_pred_layer.1", codes, dim, (), bias=False)
+    for size, channels in (("32", 256), ("64", 256), ("128", 128), ("256", 128)):
+        res(f"fuse_convs_dict.{size}.encode_enc", 2 * channels, channels)
+        for branch in ("scale", "shift"):
+            conv(f"fuse_convs_dict.{size}.{branch}.0", channels, channels, (3, 3))
+            conv(f"fuse_convs_dict.{size}.{branch}.2", channels, channels, (3, 3))
+    return layout
+
+
+def on_meta(layout: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Shape-only tensors: a 71M-parameter state dict without allocating it."""
+    return {key: torch.empty(shape, device="meta") for key, shape in layout.items()}
+
+
+def paper_module(**changes) -> BFVRSTCModule:
     with torch.device("meta"):
-        module = BFVRSTCModule(stage="inference")
+        return BFVRSTCModule(stage="inference", **changes)
+
+
+def test_paper_scale_official_layout_matches_the_official_block_order():
+    module = paper_module()
     mapping = official_key_map(module)
     state = module.state_dict()
-    shapes = {official: state[ours].shape for official, ours in mapping.items()}
+    shapes = {official: tuple(state[ours].shape) for official, ours in mapping.items()}
+    release = official_release_layout()
+    assert len(release) == 588  # CodeFormer3D(n_head=2, n_layers=9).state_dict()
+    # every tensor the official forward uses, under its official name and shape — no more, no less
+    assert shapes == {k: v for k, v in release.items() if not k.startswith(UNUSED_OFFICIAL_PREFIXES)}
+
     assert shapes["encoder.blocks.3.conv.weight"] == (32, 32, 3, 3, 3)      # level 0 → 1: T, H, W halved
     assert shapes["encoder.blocks.6.conv.weight"] == (64, 64, 1, 3, 3)      # level 1 → 2: H, W only
     assert shapes["encoder.blocks.9.conv.weight"] == (128, 128, 1, 3, 3)
     for attention in (11, 13, 15):                                          # level 3 ×2 and the bottleneck
         assert shapes[f"encoder.blocks.{attention}.q.weight"] == (256, 256, 1, 1, 1)
     assert shapes["encoder.blocks.18.weight"] == (256, 256, 3, 3, 3)        # conv to D = 256
-    assert shapes["generator.blocks.16.conv.weight"] == (32, 32, 3, 3, 3)   # last upsampling, after level 0
-    assert shapes["generator.blocks.18.weight"] == (3, 32, 3, 3, 3)
+    # generator: conv, Res-Attn-Res, level 3 Res-Attn-Res-Attn (256), level 2 Res-Attn-Res-Attn (128)
+    # then Upsample2D (12), level 1 Res-Res, Upsample2D (15), level 0 Res-Res, Upsample (18), norm, conv
+    for attention, channels in ((2, 256), (5, 256), (7, 256), (9, 128), (11, 128)):
+        assert shapes[f"generator.blocks.{attention}.q.weight"] == (channels, channels, 1, 1, 1)
+    assert shapes["generator.blocks.8.conv_out.weight"] == (128, 256, 1, 1, 1)
+    for index, level, channels, temporal in ((12, 2, 128, False), (15, 1, 64, False), (18, 0, 32, True)):
+        assert mapping[f"generator.blocks.{index}.conv.weight"] == f"decoder.levels.{level}.resample.conv.weight"
+        assert shapes[f"generator.blocks.{index}.conv.weight"] == (channels, channels, 3, 3, 3)
+        assert module.decoder.levels[level].resample.scale == ((2.0, 2.0, 2.0) if temporal else (1.0, 2.0, 2.0))
+    assert shapes["generator.blocks.19.weight"] == (32,)
+    assert shapes["generator.blocks.20.weight"] == (3, 32, 3, 3, 3)
+    assert mapping["generator.blocks.20.weight"] == "decoder.conv_out.weight"
     assert shapes["position_emb_s"] == (64 * 64, 256)
     assert shapes["s_ft_layers.8.linear1.weight"] == (512, 256)
     assert shapes["quantize.SA.norm.weight"] == (256,)
     assert max(int(k.split(".")[1]) for k in mapping if k.startswith("s_ft_layers.")) == 8
+
+
+def test_the_official_release_layout_loads_strictly_into_method_bfvr_stc(tmp_path, monkeypatch):
+    release = on_meta(official_release_layout())
+    path = tmp_path / "ckpt-bfvr.pth"
+    path.write_bytes(b"stand-in: the state dict comes from read_restorer_weights below")
+    monkeypatch.setattr(bfvr_module, "read_restorer_weights", lambda file: (dict(release), True))
+    module_options = compose("run", ["method=bfvr_stc"]).method.module
+    with torch.device("meta"):  # the paper-scale restorer, shapes only
+        restorer = load_restorer(module_options, path)  # load_inference_weights: load_state_dict(strict=True)
+    assert restorer.official_motion_residual
+    mapped, ignored = from_official(release, paper_module())
+    assert set(mapped) == set(restorer.state_dict())
+    assert ignored == sorted(k for k in release if k.startswith(UNUSED_OFFICIAL_PREFIXES)) and len(ignored) == 76
+    assert all(tuple(mapped[k].shape) == tuple(v.shape) for k, v in restorer.state_dict().items())
+
+
+def test_a_checkpoint_that_does_not_fit_is_named_by_its_first_misfit_and_both_shapes():
+    release = on_meta(official_release_layout())
+    # the previous decoder (attention on level 3 only) against the real release: where they part
+    with pytest.raises(ConfigError) as error:
+        from_official(release, paper_module(autoencoder={"decoder_attention_levels": [3]}))
+    message = str(error.value)
+    assert message.index("'generator.blocks.9.norm.weight' (128,)") < message.index("'generator.blocks.9.norm1.weight'")
+    assert "66 official key(s) with no place here" in message and "46 expected official key(s) absent" in message
+    assert ("6 tensor(s) of another shape, first 'generator.blocks.14.conv1.weight': file (64, 64, 3, 3, 3), "
+            "this configuration (32, 64, 3, 3, 3)") in message
+    assert "differs in autoencoder.decoder_attention_levels=[3] (release: [2, 3])" in message
+
+    # the paper-scale configuration already in use: name the tensor and both shapes, suggest nothing in use
+    wrong_grid = {**release, "position_emb_s": torch.empty(32 * 32, 256, device="meta")}
+    with pytest.raises(ConfigError) as error:
+        from_official(wrong_grid, paper_module())
+    message = str(error.value)
+    assert "first 'position_emb_s': file (1024, 256), this configuration (4096, 256)" in message
+    assert "already has the release" in message and "bfvr_stc.yaml" not in message
+
+    # an official deflicker-style file (6 transformer layers): the first absent key
+    with pytest.raises(ConfigError, match=r"first 's_ft_layers\.6\.self_attn\.in_proj_weight'"):
+        from_official(on_meta(official_release_layout(n_layers=6)), paper_module())
 
 
 # ---------------------------------------------------------------------- windows and loading
@@ -345,6 +526,29 @@ def test_dinov2_release_keys_load_into_the_timm_backbone(tiny, tmp_path):
     torch.save({"something": torch.zeros(1)}, path)
     with pytest.raises(ConfigError, match="not a DINOv2 checkpoint"):
         target.load_backbone(path)
+
+
+def test_minmax_stretch_is_off_by_default_recorded_and_stretches_each_clip_when_on(tiny, tmp_path):
+    cfg = compose("run", ["method=bfvr_stc", f"paths.output_dir={tmp_path}"])
+    assert cfg.method.module.restore.minmax_stretch is False
+    assert run_identity(cfg)["method"]["module"]["restore"]["minmax_stretch"] is False  # run.json / config.yaml
+    assert build(tiny, "inference").restore_settings["minmax_stretch"] is False
+
+    clips = torch.stack([torch.linspace(0.2, 0.6, 2 * 3 * 3 * 2 * 2).reshape(2, 3, 3, 2, 2),
+                         torch.full((2, 3, 3, 2, 2), 0.3)])  # (B=2, T, C, H, W); the second is constant
+    stretched = minmax_stretch(clips)
+    assert torch.allclose(stretched[0], (clips[0] - 0.2) / 0.4, atol=1e-6)  # one min/max over the whole clip
+    assert torch.equal(stretched[1], clips[1])  # constant: unchanged, no 0/0
+
+    video = random_video(6, 32, 32)
+    off = build(tiny, "inference", seed=4).eval()
+    on = build(tiny, "inference", seed=4, restore={**tiny["restore"], "minmax_stretch": True}).eval()
+    with torch.no_grad():
+        plain_out, stretched_out = off.restore(video), on.restore(video)
+    low, high = plain_out.min(), plain_out.max()
+    assert high > low
+    assert torch.allclose(stretched_out, (plain_out - low) / (high - low), atol=1e-5)
+    assert stretched_out.min() == 0 and stretched_out.max() == 1
 
 
 @pytest.mark.gpu

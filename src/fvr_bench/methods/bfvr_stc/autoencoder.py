@@ -4,16 +4,25 @@ Layout, for ``ch_mult = (1, 2, 4, 8)``, ``nf = 32``, two residual blocks per lev
 
 * encoder: 3×3×3 conv 3 → nf; per level ``i`` two :class:`ResBlock3D` (``nf·ch_mult[i-1]``
   → ``nf·ch_mult[i]``), each followed by full 3D self-attention on the levels listed in
-  ``attention_levels`` (the last one: the official ``attn_resolutions=[32]`` of a nominal
-  256 input, i.e. 64² tokens per latent frame at 512²); between levels a downsampling —
+  ``attention_levels`` (official: level 3 only); between levels a downsampling —
   T, H and W halved after level 0 (``Downsample``), H and W only after levels 1 and 2
   (``Downsample2D``); then ResBlock → attention → ResBlock at the bottleneck, GroupNorm and a
   3×3×3 conv to ``emb_dim`` (no activation between them, as in the official code).
 * decoder: the mirror image, with the official order of operations — conv ``emb_dim`` →
   ``nf·ch_mult[-1]``, bottleneck ResBlock → attention → ResBlock, then from the top level
-  down: residual blocks (+ attention) and *then* the upsampling that mirrors that level's
-  downsampling (so level 0's blocks run at half resolution before the last ×2 in T, H, W),
-  GroupNorm, 3×3×3 conv to RGB and a sigmoid.
+  down: residual blocks (+ attention on the levels in its own ``attention_levels``, official:
+  levels 3 *and* 2) and *then* the upsampling that mirrors that level's downsampling (so
+  level 0's blocks run at half resolution before the last ×2 in T, H, W), GroupNorm, 3×3×3
+  conv to RGB and a sigmoid.
+
+Why the two sides differ (official ``Encoder`` / ``Generator`` with ``attn_resolutions=[32]``):
+the official code places attention by a *nominal* resolution, not the real one. The encoder
+starts at a hard-coded 256 and halves after every level but the last, so only level 3 is
+at 32. The generator starts at 256 / 8 = 32 at level 3 and doubles only after a level's
+upsampling; level 3 has none, so level 2 is still "32" and gets attention too (after both
+of its residual blocks, at 128 channels — ``generator.blocks.9`` and ``.11`` of the release).
+Both decoder levels 3 and 2 indeed run on the latent grid (64² at 512²), since a decoder
+level upsamples only after its blocks.
 
 Video tensors are ``(B, C, T, H, W)``; the autoencoder compresses 8× in space and 2× in time
 (``spatial_factor``, ``temporal_factor``): ``T`` must be a multiple of 2 and ``H``, ``W``
@@ -168,12 +177,19 @@ class Bottleneck(nn.Module):
         return self.res_out(self.attention(self.res_in(x)))
 
 
-def check_layout(ch_mult: Sequence[int], attention_levels: Sequence[int], temporal_downsample_levels: Sequence[int]) -> None:
+# The official release's attention placement at paper scale (see the module docstring).
+OFFICIAL_ENCODER_ATTENTION_LEVELS = (3,)
+OFFICIAL_DECODER_ATTENTION_LEVELS = (2, 3)
+
+
+def check_layout(ch_mult: Sequence[int], attention_levels: Sequence[int], temporal_downsample_levels: Sequence[int],
+                 attention_option: str) -> None:
+    """Refuse level indices outside the network; ``attention_option`` names the config key."""
     levels = len(ch_mult)
     if levels < 2:
         raise ConfigError(f"module.autoencoder.ch_mult={list(ch_mult)}: needs at least two levels")
     if any(not 0 <= i < levels for i in attention_levels):
-        raise ConfigError(f"module.autoencoder.attention_levels={list(attention_levels)}: levels are 0…{levels - 1}")
+        raise ConfigError(f"module.autoencoder.{attention_option}={list(attention_levels)}: levels are 0…{levels - 1}")
     if any(not 0 <= i < levels - 1 for i in temporal_downsample_levels):
         raise ConfigError(f"module.autoencoder.temporal_downsample_levels={list(temporal_downsample_levels)}: "
                           f"only the {levels - 1} transitions 0…{levels - 2} resample")
@@ -183,10 +199,10 @@ class VideoEncoder(nn.Module):
     """``(B, 3, T, H, W)`` in [0, 1] → latent ``(B, emb_dim, T/2, H/8, W/8)`` (paper layout)."""
 
     def __init__(self, nf: int = 32, emb_dim: int = 256, ch_mult: Sequence[int] = (1, 2, 4, 8), num_res_blocks: int = 2,
-                 attention_levels: Sequence[int] = (3,), temporal_downsample_levels: Sequence[int] = (0,),
-                 norm_groups: int = 32, in_channels: int = 3) -> None:
+                 attention_levels: Sequence[int] = OFFICIAL_ENCODER_ATTENTION_LEVELS,
+                 temporal_downsample_levels: Sequence[int] = (0,), norm_groups: int = 32, in_channels: int = 3) -> None:
         super().__init__()
-        check_layout(ch_mult, attention_levels, temporal_downsample_levels)
+        check_layout(ch_mult, attention_levels, temporal_downsample_levels, "encoder_attention_levels")
         widths = [nf * m for m in ch_mult]
         self.conv_in = nn.Conv3d(in_channels, nf, kernel_size=3, padding=1)
         levels = []
@@ -212,13 +228,15 @@ class VideoDecoder(nn.Module):
     """Latent ``(B, emb_dim, t, h, w)`` → ``(B, 3, 2t, 8h, 8w)`` in [0, 1] (sigmoid output).
 
     ``levels[i]`` holds level ``i``; they run from the top level down (see the module docstring).
+    ``attention_levels``: the levels whose residual blocks are each followed by full 3D
+    self-attention; the default (3 and 2) is the official generator's.
     """
 
     def __init__(self, nf: int = 32, emb_dim: int = 256, ch_mult: Sequence[int] = (1, 2, 4, 8), num_res_blocks: int = 2,
-                 attention_levels: Sequence[int] = (3,), temporal_downsample_levels: Sequence[int] = (0,),
-                 norm_groups: int = 32, out_channels: int = 3) -> None:
+                 attention_levels: Sequence[int] = OFFICIAL_DECODER_ATTENTION_LEVELS,
+                 temporal_downsample_levels: Sequence[int] = (0,), norm_groups: int = 32, out_channels: int = 3) -> None:
         super().__init__()
-        check_layout(ch_mult, attention_levels, temporal_downsample_levels)
+        check_layout(ch_mult, attention_levels, temporal_downsample_levels, "decoder_attention_levels")
         widths = [nf * m for m in ch_mult]
         top = len(widths) - 1
         self.conv_in = nn.Conv3d(emb_dim, widths[-1], kernel_size=3, padding=1)

@@ -58,7 +58,8 @@ MOTION_RESIDUAL_MODES = ("corrected", "official")
 # Paper-scale defaults; the config (conf/method/bfvr_stc.yaml) states them again, and any key
 # it sets must be one of these (a typo is an error, not a silently ignored option).
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "autoencoder": {"nf": 32, "emb_dim": 256, "ch_mult": [1, 2, 4, 8], "num_res_blocks": 2, "attention_levels": [3],
+    "autoencoder": {"nf": 32, "emb_dim": 256, "ch_mult": [1, 2, 4, 8], "num_res_blocks": 2,
+                    "encoder_attention_levels": [3], "decoder_attention_levels": [2, 3],
                     "temporal_downsample_levels": [0], "norm_groups": 32},
     "quantizer": {"codebook_size": 1024, "beta": 0.25, "temporal_norm_groups": 16, "mpr_form": "paper"},
     "transformer": {"dim": 256, "heads": 2, "layers": 9, "mlp_dim": 512, "latent_grid": [64, 64],
@@ -71,7 +72,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
              "feature_weight": 10.0, "perceptual_lin_path": None, "perceptual_backbone_path": None},
     "optimizer": {"learning_rates": {"1": 7e-5, "2a": 2e-5, "2b": 2e-5, "deflicker": 2e-5}, "betas": [0.9, 0.99],
                   "discriminator_lr": None},
-    "restore": {"window": 24, "overlap": 8, "bf16": False},
+    "restore": {"window": 24, "overlap": 8, "bf16": False, "minmax_stretch": False},
 }
 
 
@@ -80,6 +81,31 @@ def plain(value: Any) -> Any:
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+def autoencoder_parts(autoencoder: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``module.autoencoder`` → the keyword arguments of :class:`VideoEncoder` and of
+    :class:`VideoDecoder`: everything shared except the attention placement, which the
+    official network sets differently on the two sides (decoder levels 3 and 2, encoder 3)."""
+    shared = {k: v for k, v in autoencoder.items() if k not in ("encoder_attention_levels", "decoder_attention_levels")}
+    return ({**shared, "attention_levels": autoencoder["encoder_attention_levels"]},
+            {**shared, "attention_levels": autoencoder["decoder_attention_levels"]})
+
+
+def minmax_stretch(video: torch.Tensor) -> torch.Tensor:
+    """The official inference's output stretch: ``(x − min) / (max − min)`` per clip.
+
+    ``video`` ``(B, T, C, H, W)``; min and max are taken over each clip's whole ``T·C·H·W``
+    (``scripts/infer_bfvr.py`` ``transform_tensor_to_imgs`` does it on its one 24-frame clip
+    before writing uint8). A constant clip (max = min, where the official code divides 0 by
+    0 and casts NaN to uint8) is returned unchanged: there is no range to stretch; the
+    denominator is clamped away from 0 so no division by zero is ever evaluated.
+    """
+    flat = video.flatten(1)
+    low = flat.min(dim=1).values.view(-1, *([1] * (video.dim() - 1)))
+    span = flat.max(dim=1).values.view(-1, *([1] * (video.dim() - 1))) - low
+    stretched = (video - low) / span.clamp_min(torch.finfo(video.dtype).tiny)
+    return torch.where(span > 0, stretched, video)
 
 
 def settings(group: str, given: Mapping | None) -> dict[str, Any]:
@@ -134,13 +160,14 @@ class BFVRSTCModule(RestorerModule):
         self.size_multiple = self.spatial_factor
         codebook_size, emb_dim = int(quantizer["codebook_size"]), int(autoencoder["emb_dim"])
 
+        encoder_args, decoder_args = autoencoder_parts(autoencoder)
         if stage != INFERENCE:
-            self.hq_encoder = VideoEncoder(**autoencoder)
+            self.hq_encoder = VideoEncoder(**encoder_args)
         self.quantizer = SpatioTemporalQuantizer(codebook_size, emb_dim, quantizer["beta"], quantizer["temporal_norm_groups"],
                                                  quantizer["mpr_form"])
-        self.decoder = VideoDecoder(**autoencoder)
+        self.decoder = VideoDecoder(**decoder_args)
         if stage != STAGE_I:
-            self.lq_encoder = VideoEncoder(**autoencoder)
+            self.lq_encoder = VideoEncoder(**encoder_args)
             transformer_args = {k: transformer[k] for k in ("dim", "heads", "layers", "mlp_dim", "latent_grid")}
             self.spatial_transformer = LookupTransformer(codebook_size, in_dim=emb_dim, **transformer_args)
             self.temporal_transformer = LookupTransformer(codebook_size, in_dim=emb_dim, **transformer_args)
@@ -208,6 +235,8 @@ class BFVRSTCModule(RestorerModule):
         back up), so a smaller input is first resized bicubically to ``out_size``. Sizes are
         reflect-padded to multiples of 8 and cropped back; frames go through overlapping
         windows of ``restore.window`` (default 24, the training length) blended linearly.
+        ``restore.minmax_stretch`` (compat, default off): stretch each restored clip to
+        [0, 1] as the official inference script does (:func:`minmax_stretch`).
         """
         if task not in SUPPORTED_TASKS:
             raise ConfigError(f"BFVR-STC restores tasks {', '.join(SUPPORTED_TASKS)}, not {task!r}")
@@ -224,7 +253,11 @@ class BFVRSTCModule(RestorerModule):
         with precision:
             out = restore_in_windows(video, self.restore_clip, int(self.restore_settings["window"]),
                                      int(self.restore_settings["overlap"]), self.temporal_factor)
-        return crop_to(out.float().transpose(1, 2), size).clamp(0.0, 1.0)
+        out = crop_to(out.float().transpose(1, 2), size)
+        if self.restore_settings["minmax_stretch"]:
+            # after cropping: the reflect padding is not part of the clip whose range is stretched
+            out = minmax_stretch(out)
+        return out.clamp(0.0, 1.0)
 
     # ------------------------------------------------------------------ training
 
