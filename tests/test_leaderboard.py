@@ -110,7 +110,8 @@ def test_default_call_keeps_the_old_files_and_adds_intervals(tmp_path):
     long = pd.read_csv(tmp_path / "leaderboard_long.csv")
     assert set(long["method"]) == {"bicubic", "identity"}
     markdown = (tmp_path / "leaderboard.md").read_text()
-    assert "| sample | ip_fvr_light | bicubic | 6 | **30.5000 ± " in markdown
+    assert f"| sample | ip_fvr_light | bicubic | 6 | **30.5000 [{lo:.4f}, {hi:.4f}]** |" in markdown  # both ends
+    assert "±" not in markdown and "half-width" not in markdown
     assert not (tmp_path / "leaderboard.tex").exists()
 
 
@@ -132,7 +133,9 @@ def test_baseline_comparison_only_over_common_clips(tmp_path):
     assert "| sample | ip_fvr_light | ours | – | +0.5000 [" in markdown and "62% (n=4)" in markdown
     latex = (tmp_path / "leaderboard.tex").read_text()
     assert latex.count("\\toprule") == 2 and "\\bottomrule" in latex
-    assert "sample & ip\\_fvr\\_light & ours & 4 & -- & {\\boldmath $31.5000 \\pm 4.8750$}" in latex
+    lo, hi = bootstrap_mean_ci([31.0, 30.0, 25.0, 40.0], n_boot=300, seed=3)
+    assert f"sample & ip\\_fvr\\_light & ours & 4 & -- & {{\\boldmath $31.5000$ $[{lo:.4f}, {hi:.4f}]$}}" in latex
+    assert "\\pm" not in latex
     assert "psnr\\_y $\\uparrow$" in latex
     assert "62\\%" in latex
 
@@ -182,9 +185,104 @@ def test_set_level_and_unavailable_metrics(tmp_path):
     assert row["fvd"] == 100.0 and math.isnan(row["fvd_ci_low"]) and math.isnan(row["fvd_gain"])
     long = pd.read_csv(tmp_path / "leaderboard_long.csv")
     assert long.loc[long["column"] == "fvd", "note"].str.contains("no bootstrap interval").all()
+    assert (long.loc[long["column"] == "fvd", "metric_level"] == "set").all()
+    assert (long.loc[long["column"] == "psnr_y", "metric_level"] == "clip").all()
     markdown = (tmp_path / "leaderboard.md").read_text()
     assert "**100.0000** |" in markdown  # no interval, best (lower) in bold
     assert "No interval for fvd" in markdown
     assert "musiq" not in markdown
     assert "| sample | ip_fvr_light | ours | 3 | 120.0000" not in markdown
     assert "32.0000 [" in markdown  # bracket style
+
+
+# ----------------------------------------------------------------------------- interval display
+
+
+def test_asymmetric_interval_shows_both_ends(tmp_path):
+    # one clip far above the rest: the percentile interval of the mean is skewed upwards
+    values = [20.0, 20.5, 21.0, 21.5, 22.0, 40.0]
+    make_run(tmp_path, "ours", clips(values))
+    build_leaderboard(tmp_path, n_boot=500, seed=1, formats=["csv", "md", "latex"], digits=2)
+    lo, hi = bootstrap_mean_ci(values, n_boot=500, seed=1)
+    mean = float(np.mean(values))
+    up, down = round(hi, 2) - round(mean, 2), round(mean, 2) - round(lo, 2)
+    assert abs(up - down) > 0.5  # asymmetric: one half-width would misstate either side
+    board = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert (board.loc[0, "psnr_y_ci_low"], board.loc[0, "psnr_y_ci_high"]) == pytest.approx((lo, hi))
+    markdown = (tmp_path / "leaderboard.md").read_text()
+    assert f"| {mean:.2f} [{lo:.2f}, {hi:.2f}] |" in markdown  # the default: the interval itself
+    assert "±" not in markdown and "the two ends of its 95% percentile bootstrap interval" in markdown
+    latex = (tmp_path / "leaderboard.tex").read_text()
+    assert f"${mean:.2f}$ $[{lo:.2f}, {hi:.2f}]$" in latex and "\\pm" not in latex
+    # pm: the two distances to the ends, each from the printed digits, so both ends are exact
+    build_leaderboard(tmp_path, n_boot=500, seed=1, formats=["md", "latex"], digits=2, ci_style="pm")
+    markdown = (tmp_path / "leaderboard.md").read_text()
+    assert f"| {mean:.2f} +{up:.2f}/-{down:.2f} |" in markdown
+    assert f"{round(mean, 2) + up:.2f}" == f"{hi:.2f}" and f"{round(mean, 2) - down:.2f}" == f"{lo:.2f}"
+    assert "value +a/-b" in markdown and "runs from value - b to value + a" in markdown
+    latex = (tmp_path / "leaderboard.tex").read_text()
+    assert f"${mean:.2f}^{{+{up:.2f}}}_{{-{down:.2f}}}$" in latex
+    with pytest.raises(FvrBenchError, match="ci_style"):
+        build_leaderboard(tmp_path, ci_style="halfwidth")
+
+
+# ----------------------------------------------------------------------------- cells without an interval
+
+
+def _set_summary_note(run_dir, metric, note):
+    summary = pd.read_csv(run_dir / "summary.csv", keep_default_na=False, dtype=str)
+    summary.loc[summary["metric"] == metric, "note"] = note
+    summary.to_csv(run_dir / "summary.csv", index=False)
+
+
+def test_only_set_level_metrics_are_called_set_level(tmp_path):
+    nan = float("nan")
+    ids = ("ids_arcface", "ids@eeee", True)
+    # bicubic: no face in any clip, ids all NaN, with the evaluator's reason in summary.csv
+    bicubic = make_run(tmp_path, "bicubic", clips([30, 31, 32]), set_level=("fvd", 120.0),
+                       extra=[(*ids, clips([nan, nan, nan]))])
+    _set_summary_note(bicubic, "ids_arcface", "no face detected in 27 of 27 frames")
+    # identity: the same without a summary note; the per-clip notes say why
+    identity = make_run(tmp_path, "identity", clips([28, 29, 30]), set_level=("fvd", 150.0),
+                        extra=[(*ids, clips([nan, nan, nan]))])
+    per_clip = pd.read_csv(identity / "per_clip.csv", dtype={"clip_id": str})
+    per_clip["note"] = np.where(per_clip["metric"] == "ids_arcface", "no face in 9 of 9 frames", "")
+    per_clip.to_csv(identity / "per_clip.csv", index=False)
+    # ours: faces found, musiq computed; bicubic could not compute musiq (weights missing)
+    make_run(tmp_path, "ours", clips([31, 33, 32]), set_level=("fvd", 100.0),
+             extra=[(*ids, clips([0.5, 0.6, 0.7])), ("musiq", "musiq@ffff", True, clips([50, 51, 52]))])
+    build_leaderboard(tmp_path, n_boot=100, formats=["csv", "md", "latex"])
+    long = pd.read_csv(tmp_path / "leaderboard_long.csv", keep_default_na=False).set_index(["method", "column"])
+    assert long.loc[("bicubic", "fvd"), "metric_level"] == "set"
+    assert long.loc[("bicubic", "ids_arcface"), "metric_level"] == "clip"
+    assert long.loc[("bicubic", "ids_arcface"), "no_interval"] == "no face detected in 27 of 27 frames"
+    assert "set-level" not in long.loc[("bicubic", "ids_arcface"), "note"]
+    assert "no face detected in 27 of 27 frames" in long.loc[("bicubic", "ids_arcface"), "note"]
+    assert long.loc[("identity", "ids_arcface"), "no_interval"] == "no face in 9 of 9 frames"
+    markdown = (tmp_path / "leaderboard.md").read_text()
+    footnote = markdown.strip().splitlines()[-1]
+    assert "No interval for fvd: set-level metric(s)" in footnote  # fvd alone: ids_arcface is not set-level
+    assert "No interval for ids_arcface (bicubic): no face detected in 27 of 27 frames." in footnote
+    assert "No interval for ids_arcface (identity): no face in 9 of 9 frames." in footnote
+    latex = (tmp_path / "leaderboard.tex").read_text()
+    assert "No interval for ids\\_arcface (bicubic): no face detected in 27 of 27 frames." in latex
+
+
+def test_cells_without_interval_give_their_own_reason(tmp_path):
+    nan = float("nan")
+    # a per-clip metric with no finite value anywhere and no note: a neutral reason
+    make_run(tmp_path, "bicubic", clips([30, 31, 32]), extra=[("ids_arcface", "ids@eeee", True, clips([nan, nan, nan]))],
+             unavailable=("musiq",))
+    make_run(tmp_path, "ours", clips([31, 33, 32]),
+             extra=[("ids_arcface", "ids@eeee", True, clips([0.5, 0.6, 0.7])), ("musiq", "musiq@ffff", True, clips([50, 51, 52]))])
+    build_leaderboard(tmp_path, n_boot=100, formats=["csv", "md"])
+    markdown = (tmp_path / "leaderboard.md").read_text()
+    footnote = markdown.strip().splitlines()[-1]
+    assert "set-level" not in footnote
+    assert "No interval for ids_arcface (bicubic): no per-clip value in any of its 3 clip(s)." in footnote
+    # a metric unavailable in one run (weights missing) and computed in another: the "–" says why
+    assert "– in musiq for bicubic: not computed (weights missing)." in footnote
+    assert "| sample | ip_fvr_light | bicubic | 3 | – | – |" in markdown
+    long = pd.read_csv(tmp_path / "leaderboard_long.csv", keep_default_na=False)
+    assert set(long["metric_level"]) == {"clip"}
+    assert "musiq" not in set(long.loc[long["method"] == "bicubic", "column"])  # unavailable: still no row

@@ -76,16 +76,17 @@ def test_latex_best_bold_second_underlined():
     assert r"\textbf{89.316}" in svfr and r"\underline{154.857}" in svfr
 
 
-def _fake_run(root, condition="vividface_t1", method="mymethod", compat=False, data="vfhq_test", protocol="vividface_t1"):
+def _fake_run(root, condition="vividface_t1", method="mymethod", compat=False, data="vfhq_test", protocol="vividface_t1",
+              psnr=27.123456, akd=0.0041234):
     run_dir = root / data / condition / method
     run_dir.mkdir(parents=True)
     identity = {"method": {"name": method}, "data": {"name": data}, "degradation": {"name": "vividface_bfr", "task": "bfr"},
                 "protocol": protocol, "compat": compat, "seed": 0}
     (run_dir / "run.json").write_text(json.dumps(identity))
     pd.DataFrame([
-        {"metric": "psnr_y", "value": 27.123456, "std": 1.0, "n_clips": 2, "higher_is_better": True,
+        {"metric": "psnr_y", "value": psnr, "std": 1.0, "n_clips": 2, "higher_is_better": True,
          "provenance_id": "psnr_y@abc12345", "note": ""},
-        {"metric": "akd_mediapipe", "value": 0.0041234, "std": 0.001, "n_clips": 2, "higher_is_better": False,
+        {"metric": "akd_mediapipe", "value": akd, "std": 0.001, "n_clips": 2, "higher_is_better": False,
          "provenance_id": "akd_mediapipe@deadbeef", "note": ""},
         {"metric": "lpips_alex", "value": float("nan"), "std": float("nan"), "n_clips": 0, "higher_is_better": None,
          "provenance_id": "unavailable", "note": "unavailable"},
@@ -139,3 +140,48 @@ def test_table_command_writes_files(tmp_path, capsys):
     for suffix in ("md", "tex", "csv"):
         assert (tmp_path / "tables" / f"vividface_t1.{suffix}").exists()
     assert load_spec("vividface_t1")["protocol"] == "vividface_t1"
+
+
+def _reported_best_two(table_id, metric):
+    rows = REPORTED[(REPORTED["table"] == table_id) & (REPORTED["metric"] == metric)]
+    higher = rows["higher_is_better"].iloc[0] == "True"
+    ordered = sorted(rows.itertuples(index=False), key=lambda r: float(r.value), reverse=higher)
+    return ordered[0], ordered[1]
+
+
+def test_rows_of_other_datasets_are_shown_but_never_ranked(tmp_path):
+    # a 1-clip sample-set run that beats every VFHQ-test row of the paper on PSNR (↑) and AKD (↓)
+    _fake_run(tmp_path, method="onsample", data="sample", psnr=99.0, akd=0.0000001)
+    table = build_table("vividface_t1", tmp_path, any_data=True)
+    assert [r.method for r in table.rows if r.source == "measured"] == ["onsample (sample)"]
+    markdown = to_markdown(table)
+    latex = to_latex(table)
+    line = next(l for l in markdown.splitlines() if "| measured | onsample (sample) |" in l)
+    assert "| 99.00 |" in line and "| 0.0001 |" in line  # shown, plain
+    assert "**" not in line and "_" not in line.replace("onsample (sample)", "")
+    latex_line = next(l for l in latex.splitlines() if "onsample (sample)" in l)
+    assert "& 99.00 &" in latex_line and "& 0.0001 &" in latex_line
+    assert r"\textbf" not in latex_line and r"\underline" not in latex_line
+    # the papers' own best and second keep their marks
+    for metric, column in (("psnr", "PSNR"), ("akd_x1000", "AKD×10³")):
+        best, second = _reported_best_two("vividface_t1", metric)
+        col = 2 + [c["name"] for c in table.columns].index(column)  # after Source, Method
+        md_best = next(l for l in markdown.splitlines() if f"| reported | {best.method} |" in l)
+        md_second = next(l for l in markdown.splitlines() if f"| reported | {second.method} |" in l)
+        assert md_best.strip("|").split("|")[col].strip() == f"**{best.value}**"
+        assert md_second.strip("|").split("|")[col].strip() == f"_{second.value}_"
+        tex_best = next(l for l in latex.splitlines() if l.startswith(f"reported & {best.method} &"))
+        tex_second = next(l for l in latex.splitlines() if l.startswith(f"reported & {second.method} &"))
+        assert tex_best.split(" & ")[col] == rf"\textbf{{{best.value}}}"
+        assert tex_second.split(" & ")[col] == rf"\underline{{{second.value}}}"
+    # the footnote says why the row has no mark
+    assert "among rows on vfhq_test" in markdown
+    assert "Rows on other datasets than vfhq_test (sample" in markdown and "not ranked" in markdown
+    assert "not ranked" in latex and r"vfhq\_test" in latex
+    # a run on the table's own dataset with the same numbers does rank
+    _fake_run(tmp_path, method="onvfhq", psnr=99.0, akd=0.0000001)
+    table = build_table("vividface_t1", tmp_path, any_data=True)
+    markdown = to_markdown(table)
+    assert "**99.00**" in next(l for l in markdown.splitlines() if "| measured | onvfhq |" in l)
+    assert "**" not in next(l for l in markdown.splitlines() if "| measured | onsample (sample) |" in l)
+    assert "not ranked" not in to_markdown(build_table("vividface_t1", tmp_path))  # no other-data row, no note

@@ -4,7 +4,10 @@ A table's layout is data: ``conf/table/<id>.yaml`` names each printed column, th
 reports in the CSV, this project's metric id for it and the scale the paper prints
 (measured value × scale). Reported values are kept as the strings printed in the paper.
 Measured rows come from runs under ``paths.output_dir`` whose run.json protocol (or results
-condition) is the table's protocol, on the table's dataset.
+condition) is the table's protocol, on the table's dataset. With ``any_data=True`` runs of
+the protocol on other datasets (the 1-clip ``sample`` set, say) are listed too, labelled
+``method (data)``; they are shown for reference only and never ranked: best/second marks
+compare the rows of the table's own dataset (the papers' rows and runs on it).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class Row:
     compat: bool | None = None
     run_dir: str | None = None
     provenance: dict[str, str] = field(default_factory=dict)  # column name -> provenance id
+    data: str | None = None  # a measured run's dataset (None: the table's own, as for reported rows)
+    ranked: bool = True  # False: a run on another dataset than the table's, shown but not ranked
 
 
 @dataclass
@@ -49,6 +54,11 @@ class PaperTable:
     @property
     def multi_task(self) -> bool:
         return len({row.task for row in self.rows}) > 1
+
+    @property
+    def unranked(self) -> list[Row]:
+        """Rows on another dataset than the table's: shown, never marked best or second."""
+        return [row for row in self.rows if not row.ranked]
 
 
 def load_spec(table_id: str, conf_dir: Path | None = None) -> dict[str, Any]:
@@ -144,7 +154,8 @@ def measured_rows(spec: dict[str, Any], output_dir: Path, tasks: list[str],
             continue
         data_name = identity.get("data", {}).get("name")
         label = identity.get("method", {}).get("name", run_dir.name)
-        if data_name and data_name != spec.get("dataset"):
+        other_data = bool(data_name) and data_name != spec.get("dataset")
+        if other_data:
             if not any_data:
                 continue
             label = f"{label} ({data_name})"
@@ -155,7 +166,7 @@ def measured_rows(spec: dict[str, Any], output_dir: Path, tasks: list[str],
         provenance = json.loads(provenance_file.read_text()) if provenance_file.exists() else {}
         by_metric = {m: r for m, r in zip(summary["metric"], summary.to_dict("records"))}
         row = Row(task=_run_task(identity, condition, protocol, tasks), source="measured", method=label,
-                  cells={}, compat=compat, run_dir=str(run_dir))
+                  cells={}, compat=compat, run_dir=str(run_dir), data=data_name, ranked=not other_data)
         for column in spec["columns"]:
             metric = column.get("metric")
             if compat and column.get("compat_metric"):
@@ -200,10 +211,13 @@ def build_table(table_id: str, output_dir: str | Path | None = None, *, csv_path
 
 
 def ranks(table: PaperTable) -> dict[tuple[int, str], int]:
-    """(row index, column) -> 1 (best) or 2 (second), per task and column direction."""
+    """(row index, column) -> 1 (best) or 2 (second), per task and column direction.
+
+    Only rows of the table's own dataset compete: a run on another dataset (``any_data``)
+    is neither marked nor counted when the best and second values are found."""
     marks: dict[tuple[int, str], int] = {}
     for task in dict.fromkeys(r.task for r in table.rows):
-        indices = [i for i, r in enumerate(table.rows) if r.task == task]
+        indices = [i for i, r in enumerate(table.rows) if r.task == task and r.ranked]
         for column in table.columns:
             name = column["name"]
             values = {}
@@ -227,6 +241,16 @@ def _arrow(column: dict[str, Any]) -> str:
     return "↑" if column["higher_is_better"] else "↓"
 
 
+def unranked_note(table: PaperTable) -> str | None:
+    """The note on rows of other datasets, or None when the table has none."""
+    others = table.unranked
+    if not others:
+        return None
+    datasets = ", ".join(dict.fromkeys(str(row.data) for row in others))
+    return (f"Rows on other datasets than {table.spec.get('dataset')} ({datasets}; labelled 'method (data)') "
+            "are shown for reference only: not ranked, not comparable with the reported numbers.")
+
+
 # ------------------------------------------------------------------------- render
 
 
@@ -244,9 +268,12 @@ def to_markdown(table: PaperTable) -> str:
             mark = marks.get((i, column["name"]))
             cells.append(f"**{value}**" if mark == 1 else f"_{value}_" if mark == 2 else value)
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", ("Best in **bold**, second _underscored_ (per task). Reported: "
-              f"{spec.get('paper', '')} ({spec.get('title', '')}). Measured: protocol="
+    lines += ["", (f"Best in **bold**, second _underscored_ (per task, among rows on {spec.get('dataset')}). "
+              f"Reported: {spec.get('paper', '')} ({spec.get('title', '')}). Measured: protocol="
               f"{spec.get('protocol')}, dataset={spec.get('dataset')}.")]
+    note = unranked_note(table)
+    if note:
+        lines += ["", note]
     if table.footnotes:
         lines += [""] + [f"{n}. {text}" for n, text in enumerate(table.footnotes, 1)]
     return "\n".join(lines) + "\n"
@@ -283,8 +310,12 @@ def to_latex(table: PaperTable) -> str:
             cells.append(rf"\textbf{{{text}}}" if mark == 1 else rf"\underline{{{text}}}" if mark == 2 else text)
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    if table.footnotes:
+    note = unranked_note(table)
+    if table.footnotes or note:
         lines.append(r"\par\footnotesize")
+    if note:
+        lines.append(rf"{_latex_escape(note)}\\")
+    if table.footnotes:
         lines += [rf"{n}. {_latex_escape(t)}\\" for n, t in enumerate(table.footnotes, 1)]
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
