@@ -36,6 +36,7 @@ from fvr_bench.degradations import (
     clip_hash,
     encode_decode,
 )
+from fvr_bench.degradations.cache import EntryKey
 from fvr_bench.errors import ConfigError, DataError
 from fvr_bench.video import as_uint8
 
@@ -364,76 +365,127 @@ def test_cache_round_trip_is_bit_exact(tmp_path, gt):
     cache = LQCache(tmp_path)
     deg = _preset("svfr_inpainting")
     out = deg(gt, seed=3, clip_id="vfhq/Clip 01")
-    key = deg.key()
-    assert cache.load(key, 3, "vfhq/Clip 01") is None
-    path = cache.save(key, 3, "vfhq/Clip 01", out)
-    assert path == cache.path(key, 3, "vfhq/Clip 01") and path.is_dir()
-    back = cache.load(key, 3, "vfhq/Clip 01")
+    key = EntryKey.of(deg, 3, "vfhq/Clip 01", gt)
+    assert cache.load(key) is None
+    path = cache.save(key, out)
+    assert path == cache.path(key) and path.is_dir()
+    back = cache.load(key)
     assert back is not None
     assert back.lq.dtype == np.uint8 and back.lq.tobytes() == out.lq.tobytes()
     assert back.mask.dtype == np.bool_ and np.array_equal(back.mask, out.mask)
     assert back.params == out.params
     # no collisions between ids that sanitise alike, nor between seeds/keys
-    assert cache.load(key, 3, "vfhq_Clip_01") is None and cache.load(key, 4, "vfhq/Clip 01") is None
+    assert cache.load(EntryKey.of(deg, 3, "vfhq_Clip_01", gt)) is None
+    assert cache.load(EntryKey.of(deg, 4, "vfhq/Clip 01", gt)) is None
 
     plain = _preset("ip_fvr_light")
     small = plain(gt, seed=0, clip_id="c")
-    cache.save(plain.key(), 0, "c", small)
-    again = cache.load(plain.key(), 0, "c")
+    cache.save(EntryKey.of(plain, 0, "c", gt), small)
+    again = cache.load(EntryKey.of(plain, 0, "c", gt))
     assert again.mask is None and again.lq.tobytes() == small.lq.tobytes()
+
+
+def test_cache_key_covers_the_ground_truth_content_and_the_code(tmp_path, gt, monkeypatch):
+    """Same degradation, seed and clip id, but other GT frames (another dataset's clip of
+    the same name, another resize, another frame count): never the same entry."""
+    from fvr_bench.degradations import cache as cache_module
+
+    cache = LQCache(tmp_path)
+    deg = _preset("none")
+    base = EntryKey.of(deg, 0, "clip", gt)
+    cache.save(base, deg(gt, seed=0, clip_id="clip"))
+    other_face = gt[:, ::-1].copy()
+    other_size = np.ascontiguousarray(gt[:, :32, :32])
+    fewer = gt[:5]
+    for frames in (other_face, other_size, fewer, gt.astype(np.float64)):
+        key = EntryKey.of(deg, 0, "clip", frames)
+        assert key.digest != base.digest and cache.path(key) != cache.path(base)
+        assert cache.load(key) is None
+    # a change of the degradation code or of a library that makes LQ bytes: another key
+    monkeypatch.setattr(cache_module, "ops_code_version", lambda: "0" * 16)
+    changed = EntryKey.of(deg, 0, "clip", gt)
+    assert changed != base and cache.load(changed) is None
+    monkeypatch.undo()
+    # the code version is a hash of the degradation modules' source and library versions
+    cache_module.ops_code_version.cache_clear()
+    assert cache_module.ops_code_version() == base.code and len(base.code) == 16
+
+
+def test_cache_never_serves_an_entry_written_under_another_key(tmp_path, gt):
+    """An entry copied under another key's folder (e.g. by hand) is refused."""
+    cache = LQCache(tmp_path)
+    deg = _preset("none")
+    key_a, key_b = EntryKey.of(deg, 0, "c", gt), EntryKey.of(deg, 0, "c", gt[:, ::-1].copy())
+    cache.save(key_a, deg(gt, seed=0, clip_id="c"))
+    shutil.copytree(cache.path(key_a), cache.path(key_b))
+    assert cache.load(key_b) is None
 
 
 def test_cache_ignores_partial_entries(tmp_path, gt):
     cache = LQCache(tmp_path)
     deg = _preset("none")
     out = deg(gt, seed=0, clip_id="c")
-    key = deg.key()
+    key = EntryKey.of(deg, 0, "c", gt)
 
     def fresh():
-        shutil.rmtree(cache.path(key, 0, "c"), ignore_errors=True)
-        return cache.save(key, 0, "c", out)
+        shutil.rmtree(cache.path(key), ignore_errors=True)
+        return cache.save(key, out)
 
     # a killed writer leaves only its temp folder: not an entry
-    cache.path(key, 0, "c").parent.mkdir(parents=True, exist_ok=True)
-    stray = cache.path(key, 0, "c").parent / ".c.tmp-dead"
+    cache.path(key).parent.mkdir(parents=True, exist_ok=True)
+    stray = cache.path(key).parent / f".{key.digest}.tmp-dead"
     (stray / "lq").mkdir(parents=True)
-    assert cache.load(key, 0, "c") is None
+    assert cache.load(key) is None
 
     entry = fresh()
     (entry / "entry.json").unlink()  # manifest missing (interrupted copy)
-    assert cache.load(key, 0, "c") is None
+    assert cache.load(key) is None
 
     entry = fresh()
     (entry / "lq" / "00004.png").unlink()  # a frame missing
-    assert cache.load(key, 0, "c") is None
+    assert cache.load(key) is None
 
     entry = fresh()
     png = entry / "lq" / "00002.png"
     png.write_bytes(png.read_bytes()[:40])  # truncated frame
-    assert cache.load(key, 0, "c") is None
+    assert cache.load(key) is None
 
     entry = fresh()
     frame = cv2.imread(str(entry / "lq" / "00001.png"))
     frame[0, 0] ^= 1
     cv2.imwrite(str(entry / "lq" / "00001.png"), frame)  # silently altered pixel
-    assert cache.load(key, 0, "c") is None
+    assert cache.load(key) is None
+
+    entry = fresh()  # one frame more, the manifest edited to match: not the GT's frame count
+    meta = json.loads((entry / "entry.json").read_text())
+    shutil.copy(entry / "lq" / "00000.png", entry / "lq" / f"{len(gt):05d}.png")
+    meta["lq_shape"][0] += 1
+    (entry / "entry.json").write_text(json.dumps(meta))
+    assert cache.load(key) is None
 
     # save over a broken entry rebuilds it
-    cache.save(key, 0, "c", out)
-    assert cache.load(key, 0, "c").lq.tobytes() == out.lq.tobytes()
+    cache.save(key, out)
+    assert cache.load(key).lq.tobytes() == out.lq.tobytes()
     os.utime(stray, (0, 0))
     assert cache.remove_stale_temp() == 1 and not stray.exists()
 
 
-def test_get_or_compute_degrades_once(tmp_path, gt):
+def test_get_or_compute_degrades_once_and_recomputes_a_corrupt_entry(tmp_path, gt, monkeypatch):
     cache = LQCache(tmp_path)
     deg = _preset("bfvr_stc_flicker_brightness")
     calls = []
+    real_call = Compose.__call__
 
-    def load():
+    def counting(self, *args, **kwargs):
         calls.append(1)
-        return gt
+        return real_call(self, *args, **kwargs)
 
-    first = cache.get_or_compute(deg, 0, "c", load)
-    second = cache.get_or_compute(deg, 0, "c", load)
+    monkeypatch.setattr(Compose, "__call__", counting)
+    first = cache.get_or_compute(deg, 0, "c", gt)
+    second = cache.get_or_compute(deg, 0, "c", gt)
     assert len(calls) == 1 and first.lq.tobytes() == second.lq.tobytes()
+    png = cache.path(EntryKey.of(deg, 0, "c", gt)) / "lq" / "00003.png"
+    png.write_bytes(png.read_bytes()[:50])
+    third = cache.get_or_compute(deg, 0, "c", gt)
+    assert len(calls) == 2 and third.lq.tobytes() == first.lq.tobytes()
+    assert cache.load(EntryKey.of(deg, 0, "c", gt)) is not None

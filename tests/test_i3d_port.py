@@ -139,7 +139,9 @@ def test_preprocess_is_styleganvs(carphone):
         resized = F.interpolate(cthw, size=(224, math.ceil(176 * 224 / 144)), mode="bilinear", align_corners=False)
         left = (resized.shape[-1] - 224) // 2
         expected = (resized[..., :, left : left + 224] - 0.5) * 2
-        torch.testing.assert_close(video[b], expected, rtol=0, atol=1e-6)
+        # our bilinear weights are exact (float64 positions) and thread-count independent;
+        # F.interpolate's float32 ones are off by up to ~1e-5 (fvr_bench.metrics.determinism)
+        torch.testing.assert_close(video[b], expected, rtol=0, atol=2e-5)
     assert video.min() >= -1 and video.max() <= 1
 
 

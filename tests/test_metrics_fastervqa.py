@@ -233,7 +233,8 @@ def test_clip_scores_shape_range_determinism_and_batching():
     # other sampling seed, other random fragment offsets (the sampler needs no network)
     assert not torch.equal(FasterVQA(pretrained=False, sample_seed=0, **SMALL).sample(clips[0]), metric.sample(clips[0]))
     metric.update(clips)
-    torch.testing.assert_close(metric.per_clip(), scores.double())
+    # update() runs CPU convolutions on thread-count independent kernels (not oneDNN): float rounding apart
+    torch.testing.assert_close(metric.per_clip(), scores.double(), rtol=0, atol=1e-6)
     # the sampled network input: normalised, clip_len frames of the fragment size
     sample = metric.sample(clips[0])
     assert sample.shape == (3, 8, 64, 64)

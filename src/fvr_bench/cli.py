@@ -222,7 +222,7 @@ def _data_degrade(args: list[str]) -> None:
         degradation = build_degradation(cfg.degradation)
         cache = LQCache(Path(cfg.paths.cache_dir) / "lq")
         for clip_id in tqdm(dataset.clip_ids(), desc=f"degrading {dataset.name} ({degradation.name})", unit="clip"):
-            degraded = cache.get_or_compute(degradation, cfg.seed, clip_id, lambda: to_numpy(dataset.load(clip_id).gt))
+            degraded = cache.get_or_compute(degradation, cfg.seed, clip_id, to_numpy(dataset.load(clip_id).gt))
             write_frame_folder(out_dir / "lq" / clip_id, degraded.lq)
             if degraded.mask is not None:
                 write_frame_folder(out_dir / "mask" / clip_id, degraded.mask[..., None].repeat(3, -1).astype("uint8") * 255)

@@ -124,7 +124,7 @@ class Evaluator:
         """The LQ input of a clip: the dataset's own, or the GT degraded (cached, seeded)."""
         if sample.lq is not None:
             return PreparedInput(sample.lq[None], None, self.degradation.task)
-        degraded = self.cache.get_or_compute(self.degradation, self.cfg.seed, sample.clip_id, lambda: to_numpy(sample.gt))
+        degraded = self.cache.get_or_compute(self.degradation, self.cfg.seed, sample.clip_id, to_numpy(sample.gt))
         mask = None
         if degraded.mask is not None:
             mask = torch.from_numpy(np.ascontiguousarray(degraded.mask))[None, :, None]

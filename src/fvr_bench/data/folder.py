@@ -9,7 +9,10 @@ Layout of a root (GT or LQ)::
 Three kinds of sets share this loader:
 
 * paired GT + LQ roots (a set that ships its own LQ input): clip ids must match,
-  frame counts must match, and the LQ size must be the GT size divided by an integer;
+  frame counts must match, and the LQ frames must be no larger than the GT's with the
+  same aspect ratio (to within one pixel's rounding). Any scale is accepted, integer or
+  not, because the papers' own degradations draw a continuous scale (VividFace/KEEP:
+  r ∈ [1, 4]) and ``data degrade`` exports their LQ at that size;
 * GT only (VFHQ-test, the sample set): the evaluator degrades GT with the protocol;
 * LQ only (RFV-LQ): no-reference evaluation, ``has_gt`` is False.
 
@@ -36,7 +39,7 @@ interpolation=cv2.INTER_LINEAR)`` in KEEP's ``inference_keep.py``). Bilinear is 
 default, so numbers match that protocol; ``interpolation`` accepts ``area`` (best for
 shrinking), ``cubic`` and ``lanczos`` (KEEP's own VFHQ-test GT release was resized with
 LANCZOS4). In a paired set the GT goes to the target size and the LQ to the target divided
-by the set's integer scale, so the scale factor is preserved.
+by the set's scale (each side rounded to the nearest pixel), so the scale factor is preserved.
 """
 
 from __future__ import annotations
@@ -213,6 +216,12 @@ def _resize_frames(frames: np.ndarray, size: tuple[int, int], interpolation: int
     out = np.stack([cv2.resize(f, (size[1], size[0]), interpolation=interpolation) for f in frames])
     # cubic/lanczos overshoot; keep the [0, 1] contract.
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _scaled_size(target: tuple[int, int], gt_size: tuple[int, int], lq_size: tuple[int, int]) -> tuple[int, int]:
+    """The LQ size that keeps the LQ/GT scale when the GT is resized to ``target``
+    (``(height, width)`` each): every side scaled by its own ratio, rounded, at least 1."""
+    return tuple(max(1, round(t * lq / gt)) for t, gt, lq in zip(target, gt_size, lq_size))
 
 
 def _video_header_frames(path: Path) -> int:
@@ -509,13 +518,7 @@ class ClipFolderDataset(VideoDataset):
             flag = INTERPOLATIONS[self.interpolation]
             if gt is not None:
                 if lq is not None:
-                    scale = gt.shape[1] // lq.shape[1]
-                    if self.size[0] % scale or self.size[1] % scale:
-                        raise DataError(
-                            f"{self.title} clip '{clip_id}': resize to {self.size[1]}x{self.size[0]} cannot keep "
-                            f"the LQ scale x{scale} (not divisible); choose a size divisible by {scale}"
-                        )
-                    lq = _resize_frames(lq, (self.size[0] // scale, self.size[1] // scale), flag)
+                    lq = _resize_frames(lq, _scaled_size(self.size, gt.shape[1:3], lq.shape[1:3]), flag)
                 gt = _resize_frames(gt, self.size, flag)
             else:
                 lq = _resize_frames(lq, self.size, flag)
@@ -531,16 +534,16 @@ class ClipFolderDataset(VideoDataset):
         )
 
     def _check_pair(self, clip_id: str, gt: np.ndarray, lq: np.ndarray, gt_path: Path, lq_path: Path) -> None:
-        """GT/LQ must have the same frame count; LQ size = GT size / an integer scale."""
+        """GT/LQ must have the same frame count; the LQ is at most the GT size, with the GT's
+        aspect ratio up to rounding (``round(gw·lh/gh)`` within one pixel of ``lw``)."""
         where = f"{self.title} clip '{clip_id}' (GT {gt_path}, LQ {lq_path})"
         if len(gt) != len(lq):
             raise DataError(f"{where}: GT has {_frame_count_words(len(gt))}, LQ has {len(lq)}")
         (gh, gw), (lh, lw) = gt.shape[1:3], lq.shape[1:3]
-        scale = gh // lh if lh else 0
-        if not (scale >= 1 and lh * scale == gh and lw * scale == gw):
+        if lh > gh or lw > gw or abs(gw * lh / gh - lw) > 1.0 or abs(gh * lw / gw - lh) > 1.0:
             raise DataError(
                 f"{where}: LQ frames are {lw}x{lh}, GT frames {gw}x{gh} (W x H); the LQ must be the GT size "
-                "or the GT size divided by an integer scale"
+                "or smaller with the same aspect ratio (a downscaled GT)"
             )
 
     # ------------------------------------------------------------------ references

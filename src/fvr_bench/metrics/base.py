@@ -16,6 +16,7 @@ import torch
 from torchmetrics import Metric
 
 from fvr_bench.errors import ConfigError
+from fvr_bench.metrics.determinism import thread_invariant_kernels
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,9 @@ class VideoMetric(Metric):
                 raise ValueError(
                     f"{self.metric_id}: prediction {tuple(preds.shape)} and target {tuple(target.shape)} differ in shape"
                 )
-        scores = self.clip_scores(preds.float(), None if target is None else target.float())
+        # CPU convolutions through kernels whose results do not follow the thread count
+        with thread_invariant_kernels(preds.device):
+            scores = self.clip_scores(preds.float(), None if target is None else target.float())
         self.values.append(scores.detach().to(torch.float64).reshape(-1))
 
     def per_clip(self) -> torch.Tensor:

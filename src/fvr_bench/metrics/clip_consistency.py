@@ -46,6 +46,7 @@ from fvr_bench.metrics.backends.clip import (
     infer_config,
     load_openai_visual_state_dict,
 )
+from fvr_bench.metrics.determinism import bilinear_resize
 from fvr_bench.metrics.fidelity import quantize_8bit
 from fvr_bench.metrics.perceptual import PretrainedFiles, _PerceptualMetric
 
@@ -127,7 +128,10 @@ class FaceConsCLIP(_PerceptualMetric):
         size = VIT_B_32.input_resolution
         if not self.clip_normalize:
             x = x * 255.0  # scaled before the resize, in EvalCrafter's order
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=self.antialias)
+        if self.antialias:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        else:  # F.interpolate's formula, thread-count independent (metrics.determinism)
+            x = bilinear_resize(x, (size, size))
         if self.clip_normalize:
             mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
             std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)

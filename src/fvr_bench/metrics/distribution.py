@@ -60,6 +60,7 @@ from fvr_bench import weights
 from fvr_bench.errors import ConfigError
 from fvr_bench.metrics.backends import i3d
 from fvr_bench.metrics.base import VideoMetric
+from fvr_bench.metrics.determinism import thread_invariant_kernels
 
 WEIGHTS_NAME = "i3d_kinetics400"
 
@@ -255,7 +256,8 @@ class _I3DMetric(VideoMetric):
         if cached is not None:
             return cached
         video = i3d.preprocess(clips.float(), self.resolution, self.antialias, self.num_frames, self.short_clip)
-        out = i3d.extract_logits(self.network(clips.device), video, chunk=self.chunk_clips).to(torch.float64)
+        with thread_invariant_kernels(clips.device):  # same logits whatever the thread count
+            out = i3d.extract_logits(self.network(clips.device), video, chunk=self.chunk_clips).to(torch.float64)
         LOGIT_CACHE.put(clips, key, out)
         return out
 

