@@ -74,3 +74,35 @@ def test_severity_sweep_is_restartable_and_merges(tiny_data_dir, tmp_path):
     board = cli("leaderboard", f"paths.output_dir={tmp_path / 'outputs'}")
     psnr = pd.read_csv(tmp_path / "outputs" / "leaderboard.csv").set_index("condition")["psnr_y"]
     assert board.returncode == 0 and psnr["vividface_bfr_blur1.0"] > psnr["vividface_bfr_blur4.0"]
+
+
+@pytest.mark.parametrize(("args", "key"), [(("data=folder",), "data.root"), (("method=precomputed",), "method.root")])
+def test_a_required_setting_without_value_is_one_line(tmp_path, args, key):
+    result = cli("run", *args, f"paths.output_dir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"fvr_bench: error: run needs {key}: add {key}=<value> "
+                                     f"(the comments in conf/{key.split('.')[0]}/ say what it is)")
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    shell = subprocess.run(f"{sys.executable} -m fvr_bench list methods | head -1", shell=True,
+                           capture_output=True, text=True, timeout=120)
+    assert shell.stdout.startswith("bfvr_stc") and "BrokenPipeError" not in shell.stderr and "Traceback" not in shell.stderr
+
+
+def test_an_exported_lq_set_is_a_paired_lq_root(tiny_data_dir, tmp_path):
+    """``data degrade`` writes LQ at the degraded size (a continuous scale: 192² → e.g.
+    101²); ``data.lq_root`` takes it back, and the numbers equal those of the run that
+    degraded on the fly."""
+    args = [a for a in overrides(tiny_data_dir, tmp_path, "metrics=fidelity") if not a.startswith("progress")]
+    assert cli("data", "degrade", *args, f"out={tmp_path / 'export'}").returncode == 0
+    sizes = {path.parent.name: __import__("cv2").imread(str(path)).shape for path in (tmp_path / "export" / "lq").rglob("00000.png")}
+    assert all(shape[0] != 192 and 192 % shape[0] != 0 for shape in sizes.values()), sizes  # not an integer scale
+    on_the_fly = cli("run", *args)
+    assert on_the_fly.returncode == 0, on_the_fly.stderr
+    paired = cli("run", *args, "data=folder", f"data.root={tiny_data_dir / 'sample' / 'gt'}",
+                 f"data.lq_root={tmp_path / 'export' / 'lq'}")
+    assert paired.returncode == 0, paired.stderr
+    a = pd.read_csv(tmp_path / "outputs" / "sample" / "vividface_bfr" / "bicubic" / "per_clip.csv")
+    b = pd.read_csv(tmp_path / "outputs" / "folder" / "vividface_bfr" / "bicubic" / "per_clip.csv")
+    assert a["value"].tolist() == b["value"].tolist()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +15,11 @@ import torch
 from conftest import overrides
 
 from fvr_bench.cli import compose
-from fvr_bench.errors import ConfigError, RestorerOutputError, ResultsMismatchError
+from fvr_bench.errors import ConfigError, DataError, RestorerOutputError, ResultsMismatchError, RunInProgressError
 from fvr_bench.evaluate import evaluate
 from fvr_bench.methods.baselines import BicubicRestorer
-from fvr_bench.video import write_frame_folder
+from fvr_bench.results import RunLock
+from fvr_bench.video import read_frame_folder, write_frame_folder
 
 
 def run(data_dir, tmp_path, *extra):
@@ -139,3 +144,122 @@ def test_paper_protocol_runs_every_offline_column(tiny_data_dir, tmp_path):
     for metric_id in set(table.index) - set(measured.index):
         assert "missing pretrained file" in table.loc[metric_id, "note"]
         assert any(weights.find(name) is None for name in weights.REGISTRY if metric_id in weights.REGISTRY[name].used_by)
+
+
+# --------------------------------------------------------------------------- nothing silently wrong
+
+
+def folder_run(root: Path, out: Path, cache: Path, *extra: str) -> Path:
+    """A run of ``data=folder`` on ``root``; ``cache``: the LQ cache folder."""
+    return evaluate(compose("run", [
+        "data=folder", f"data.root={root}", f"paths.output_dir={out}", f"paths.cache_dir={cache}",
+        "metrics=fidelity", "progress=false", "device=cpu", *extra,
+    ]))
+
+
+def psnr_y(run_dir: Path) -> float:
+    return summary(run_dir).loc["psnr_y", "value"]
+
+
+def test_lq_cache_never_serves_another_clips_lq(tmp_path, carphone):
+    """The three cases a held-out trial found: each second run scored against the first
+    run's cached LQ (or crashed); now each equals a run with an empty cache."""
+    set_a, set_b = tmp_path / "set_a", tmp_path / "set_b"
+    write_frame_folder(set_a / "clip", carphone[:6])
+    write_frame_folder(set_b / "clip", carphone[60:66, :, ::-1])  # same clip name, other frames
+    shared = tmp_path / "shared_cache"
+
+    def fresh(name: str, root: Path, *extra: str) -> float:
+        return psnr_y(folder_run(root, tmp_path / f"fresh_{name}", tmp_path / f"fresh_cache_{name}", *extra))
+
+    psnr_y(folder_run(set_a, tmp_path / "a", shared))
+    assert psnr_y(folder_run(set_b, tmp_path / "b", shared)) == fresh("b", set_b)
+
+    psnr_y(folder_run(set_a, tmp_path / "r128", shared, "data.resize=128"))
+    assert psnr_y(folder_run(set_a, tmp_path / "r96", shared, "data.resize=96")) == fresh("r96", set_a, "data.resize=96")
+
+    psnr_y(folder_run(set_a, tmp_path / "f3", shared, "data.max_frames=3"))
+    assert psnr_y(folder_run(set_a, tmp_path / "f5", shared, "data.max_frames=5")) == fresh("f5", set_a, "data.max_frames=5")
+
+
+@pytest.mark.parametrize("frames", [7, 5])
+def test_precomputed_outputs_with_another_frame_count_are_an_error(tmp_path, carphone, frames):
+    """121 frames for a 120-frame clip used to be trimmed silently (a one-frame offset)."""
+    write_frame_folder(tmp_path / "gt" / "clip", carphone[:6])
+    write_frame_folder(tmp_path / "outputs_of_x" / "clip", carphone[:frames])
+    with pytest.raises(DataError) as error:
+        folder_run(tmp_path / "gt", tmp_path / "out", tmp_path / "cache", "method=precomputed",
+                   f"method.root={tmp_path / 'outputs_of_x'}")
+    message = str(error.value)
+    assert str(tmp_path / "outputs_of_x" / "clip") in message and f"has {frames} frames" in message
+    assert "clip 'clip' has 6" in message and str(tmp_path / "gt" / "clip") in message
+    assert not (tmp_path / "out" / "folder" / "vividface_bfr" / "precomputed" / "per_clip.csv").exists()
+
+
+def test_a_run_directory_without_results_is_no_conflict(tiny_data_dir, tmp_path, monkeypatch):
+    def dies(self, lq, **kwargs):
+        raise KeyboardInterrupt("killed before the first clip")
+
+    monkeypatch.setattr(BicubicRestorer, "restore", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_data_dir, tmp_path, "metrics=fidelity")
+    run_dir = tmp_path / "outputs" / "sample" / "vividface_bfr" / "bicubic"
+    assert (run_dir / "run.json").exists() and not (run_dir / "per_clip.csv").exists()
+    monkeypatch.undo()
+    run(tiny_data_dir, tmp_path, "metrics=default")  # other metrics: nothing to mix, so it runs
+    assert set(summary(run_dir).index) == {"psnr_rgb", "psnr_y", "ssim_rgb", "ssim_y", "niqe"}
+    with pytest.raises(ResultsMismatchError, match="metrics"):  # now there are results
+        run(tiny_data_dir, tmp_path, "metrics=fidelity")
+
+
+def test_a_metric_that_cannot_score_the_frame_size_leaves_the_others(tmp_path, carphone):
+    """NIQE needs two 96² blocks; 176×144 frames hold one. PSNR/SSIM are still scored, NIQE
+    is NaN with the reason in per_clip.csv and summary.csv."""
+    write_frame_folder(tmp_path / "gt" / "clip", carphone[:4])
+    run_dir = folder_run(tmp_path / "gt", tmp_path / "out", tmp_path / "cache", "metrics=default")
+    per_clip = pd.read_csv(run_dir / "per_clip.csv").set_index("metric")
+    assert np.isfinite(per_clip.loc["psnr_y", "value"]) and per_clip.loc["psnr_y", "frames"] == 4
+    assert np.isnan(per_clip.loc["niqe", "value"]) and per_clip.loc["niqe", "frames"] == 0
+    assert per_clip.loc["niqe", "note"].startswith("not scored: niqe: frames of 176x144")
+    table = summary(run_dir)
+    assert table.loc["niqe", "n_clips"] == 0 and "no clip has a value" in table.loc["niqe", "note"]
+    assert "1 of 1 clips: not scored: niqe" in table.loc["niqe", "note"]
+    assert np.isfinite(table.loc["ssim_y", "value"])
+
+
+def test_face_metrics_write_the_frames_they_used_and_why(tiny_data_dir, tmp_path):
+    frames = read_frame_folder(tiny_data_dir / "sample" / "gt" / "carphone_000")
+    frames[:3] = 0.5  # three frames without a face
+    write_frame_folder(tmp_path / "gt" / "clip", frames)
+    run_dir = folder_run(tmp_path / "gt", tmp_path / "out", tmp_path / "cache", "method=identity", "degradation=none",
+                         "metrics=fidelity", "+metrics.items.ids_dlib={_target_: fvr_bench.metrics.face.IDSDlib}")
+    row = pd.read_csv(run_dir / "per_clip.csv").set_index("metric").loc["ids_dlib"]
+    assert row["frames"] == 6 and row["note"] == "no face in 3 of 9 frames (skipped)"
+    assert np.isfinite(row["value"])
+    assert summary(run_dir).loc["ids_dlib", "note"] == "1 of 1 clips: no face in 3 of 9 frames (skipped)"
+
+
+def test_one_writer_per_run_directory(tiny_data_dir, tmp_path):
+    run_dir = tmp_path / "outputs" / "sample" / "vividface_bfr" / "bicubic"
+    with RunLock(run_dir):
+        with pytest.raises(RunInProgressError, match=f"PID {os.getpid()} on "):
+            run(tiny_data_dir, tmp_path, "metrics=fidelity")
+    assert not (run_dir / "per_clip.csv").exists()
+    run(tiny_data_dir, tmp_path, "metrics=fidelity")  # released: the run goes ahead
+    assert pd.read_csv(run_dir / "timing.csv")["clip_id"].tolist() == ["carphone_000", "carphone_001"]
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from fvr_bench.results import RunLock; "
+         f"lock = RunLock({str(tmp_path)!r}).__enter__(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunInProgressError, match=f"PID {holder.pid} "):
+            RunLock(tmp_path).__enter__()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with RunLock(tmp_path):
+        pass

@@ -1,3 +1,3 @@
 """fvr_bench: a benchmark suite for video face restoration."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

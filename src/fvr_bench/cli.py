@@ -61,9 +61,36 @@ def compose(config_name: str, overrides: list[str]):
 
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=overrides)
+            cfg = hydra_compose(config_name=config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as error:
         fail(str(error))
+    return cfg
+
+
+def _missing_keys(node, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is ``???``, found without resolving interpolations (an
+    interpolation to a missing value would raise before telling which key it is)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    keys = []
+    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node) if isinstance(node, ListConfig) else []
+    for key, _ in items:
+        if OmegaConf.is_missing(node, key):
+            keys.append(f"{prefix}{key}")
+            continue
+        child = node._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)) and not OmegaConf.is_interpolation(node, key):
+            keys.extend(_missing_keys(child, f"{prefix}{key}."))
+    return keys
+
+
+def require_values(cfg, what: str) -> None:
+    """Stop with one line when a setting the chosen configs mark as required (``???``,
+    e.g. ``data.root`` of ``data=folder``) has no value, instead of a Hydra traceback."""
+    missing = sorted(key for key in _missing_keys(cfg) if not key.startswith("hydra."))
+    if missing:
+        wanted = " ".join(f"{key}=<value>" for key in missing)
+        fail(f"{what} needs {', '.join(missing)}: add {wanted} (the comments in conf/{missing[0].split('.')[0]}/ say what it is)")
 
 
 # ------------------------------------------------------------------------- run
@@ -73,6 +100,7 @@ def _run_task(cfg) -> None:
     from fvr_bench.evaluate import evaluate
     from fvr_bench.tables.leaderboard import format_summary
 
+    require_values(cfg, "run")
     try:
         run_dir = evaluate(cfg)
     except FvrBenchError as error:
@@ -97,6 +125,7 @@ def run_command(args: list[str]) -> None:
 def _train_task(cfg) -> None:
     from fvr_bench.training.run import train
 
+    require_values(cfg, "train")
     try:
         run_dir = train(cfg)
     except FvrBenchError as error:
@@ -216,6 +245,7 @@ def _data_degrade(args: list[str]) -> None:
     if not out:
         fail("data degrade needs out=<folder> for the LQ frame folders")
     cfg = compose("run", [a for a in args if not a.startswith("out=")])
+    require_values(cfg.data, "data degrade")
     out_dir = Path(out[0])
     try:
         dataset = build(cfg.data, "data")
@@ -294,4 +324,11 @@ def main(argv: list[str] | None = None) -> None:
     if command is None:
         fail(f"unknown command '{argv[0]}'\n{USAGE}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    command(argv[1:])
+    try:
+        command(argv[1:])
+    except BrokenPipeError:
+        # the reader went away (`list methods | head`): stop quietly, as other tools do;
+        # stdout points at /dev/null so Python's own flush at exit cannot fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(1) from None

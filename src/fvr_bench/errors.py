@@ -23,3 +23,13 @@ class RestorerOutputError(FvrBenchError):
 
 class ResultsMismatchError(FvrBenchError):
     """A run directory holds results of a different configuration; they are never mixed."""
+
+
+class RunInProgressError(FvrBenchError):
+    """Another process is writing the same run directory (its PID is in the message)."""
+
+
+class ClipNotScorableError(FvrBenchError):
+    """A metric cannot score this clip (e.g. frames below its minimum size). The evaluator
+    records the metric as not scored for that clip, with this message as the reason, and
+    goes on with the other metrics and clips."""

@@ -8,6 +8,7 @@ in the restorer contract (:mod:`fvr_bench.methods.base`), the metric class attri
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,9 +24,9 @@ from fvr_bench import weights
 from fvr_bench.config import build
 from fvr_bench.data.base import ClipSample, VideoDataset
 from fvr_bench.degradations import LQCache, build_degradation
-from fvr_bench.errors import ConfigError, RestorerOutputError, WeightsMissingError
+from fvr_bench.errors import ClipNotScorableError, ConfigError, DataError, RestorerOutputError, WeightsMissingError
 from fvr_bench.metrics.base import VideoMetric
-from fvr_bench.results import ResultStore
+from fvr_bench.results import ResultStore, RunLock
 from fvr_bench.video import to_numpy, to_tensor, write_frame_folder, write_video
 
 log = logging.getLogger(__name__)
@@ -136,14 +137,17 @@ class Evaluator:
         out_size = tuple(sample.gt.shape[-2:]) if sample.gt is not None else None
         reference = sample.reference[None].to(self.device) if sample.reference is not None else None
         with torch.inference_mode():
-            restored = self.restorer.restore(
-                prepared.lq.to(self.device),
-                task=prepared.task,
-                reference=reference,
-                mask=None if prepared.mask is None else prepared.mask.to(self.device),
-                out_size=out_size,
-                clip_ids=[sample.clip_id],
-            )
+            try:
+                restored = self.restorer.restore(
+                    prepared.lq.to(self.device),
+                    task=prepared.task,
+                    reference=reference,
+                    mask=None if prepared.mask is None else prepared.mask.to(self.device),
+                    out_size=out_size,
+                    clip_ids=[sample.clip_id],
+                )
+            except DataError as error:  # e.g. saved outputs that do not fit: name the GT clip too
+                raise DataError(f"{error} (GT clip '{sample.clip_id}': {sample.source})") from error
         self.check_output(sample, prepared, restored, out_size)
         return restored.float()
 
@@ -168,26 +172,39 @@ class Evaluator:
             )
 
     def score(self, sample: ClipSample, restored: torch.Tensor) -> list[dict[str, Any]]:
+        """One row per metric. A metric that cannot score this clip (its frames are below
+        the metric's minimum size, say) gets value NaN, frames 0 and the reason in ``note``;
+        the other metrics and clips go on (:class:`ClipNotScorableError`)."""
         preds = restored.clamp(0.0, 1.0).to(self.device)
         target = sample.gt[None].to(self.device) if sample.gt is not None else None
         rows = []
         for metric_id, metric in self.metrics.items():
             reference = target if metric.needs_reference else None
-            if metric.level == "set":
-                # the set value needs every clip: keep this clip's features, value comes at the end
-                features = metric.clip_features(preds, reference)
-                self.store.save_features(metric_id, sample.clip_id, {k: v.double().cpu().numpy() for k, v in features.items()})
-                value = float("nan")
-            else:
-                metric.update(preds, reference)
-                value = float(metric.latest().item())
+            frames, note = preds.shape[1], ""
+            try:
+                if metric.level == "set":
+                    # the set value needs every clip: keep this clip's features, value comes at the end
+                    features = metric.clip_features(preds, reference)
+                    self.store.save_features(metric_id, sample.clip_id, {k: v.double().cpu().numpy() for k, v in features.items()})
+                    value = float("nan")
+                else:
+                    metric.update(preds, reference)
+                    value = float(metric.latest().item())
+                    used, note = metric.last_note
+                    frames = preds.shape[1] if used is None else used
+            except ClipNotScorableError as error:
+                if metric.level == "set":
+                    raise  # a set value over some of the clips would be another number: stop
+                log.warning("clip %s: %s not scored: %s", sample.clip_id, metric_id, error)
+                value, frames, note = float("nan"), 0, f"not scored: {error}"
             rows.append(
                 {
                     "metric": metric_id,
                     "value": value,
                     "higher_is_better": metric.higher_is_better,
                     "provenance_id": metric.provenance().provenance_id,
-                    "frames": preds.shape[1],
+                    "frames": frames,
+                    "note": note,
                 }
             )
         return rows
@@ -292,6 +309,11 @@ def evaluate(cfg: DictConfig) -> Path:
     """
     from fvr_bench.sharding import evaluate_sharded, is_sharded
 
+    run_dir = Path(cfg.run_dir)
     if is_sharded(cfg):
-        return evaluate_sharded(cfg)
-    return Evaluator(cfg).run()
+        if str(cfg.get("strategy", "ddp_spawn")) == "ddp" and int(os.environ.get("RANK", "0")) != 0:
+            return evaluate_sharded(cfg)  # torchrun/srun started every rank: rank 0 holds the lock
+        with RunLock(run_dir):
+            return evaluate_sharded(cfg)
+    with RunLock(run_dir):
+        return Evaluator(cfg).run()

@@ -4,9 +4,13 @@ Layout of ``outputs/<data>/<degradation>/<method>/``:
 
 - ``config.yaml``   the resolved configuration of the run (for people);
 - ``run.json``      the fields that decide whether two runs may share results (for the code);
-- ``per_clip.csv``  one row per (clip, metric): the source of truth;
+- ``per_clip.csv``  one row per (clip, metric): the source of truth; ``frames`` is the
+  number of frames that entered the value and ``note`` says why others did not (a face
+  metric's frames without a face) or why the clip has no value (a metric that cannot
+  score its frame size);
 - ``provenance.json`` provenance id → full provenance of every metric column;
-- ``summary.csv``   mean over clips per metric, derived from ``per_clip.csv``;
+- ``summary.csv``   mean over clips per metric, derived from ``per_clip.csv``; its
+  ``note`` gathers the clips' notes;
 - ``timing.csv``    seconds per clip for restoration (kept out of the summary: timings
   differ between identical runs, the summary must not);
 - ``parts/``        only while a sharded run (``devices=N``) is under way or was killed:
@@ -18,16 +22,25 @@ Layout of ``outputs/<data>/<degradation>/<method>/``:
 Every file is replaced atomically (write to a temporary file, fsync, ``os.replace``): a
 run killed at any moment leaves the previous complete file, never a torn one, and a
 restarted run skips the clips already in ``per_clip.csv`` or in a part file.
+
+One run directory has one writer: :class:`RunLock` (``.lock``, an advisory ``flock``
+that the operating system releases when the holder dies, also on ``kill -9``) makes a
+second run into the same directory stop with the holder's PID instead of computing
+everything twice. The processes of one sharded run write only their own part files and
+run under their launcher's lock.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,9 +48,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fvr_bench.errors import ResultsMismatchError
+from fvr_bench.errors import ResultsMismatchError, RunInProgressError
 
-PER_CLIP_COLUMNS = ["clip_id", "metric", "value", "higher_is_better", "provenance_id", "frames"]
+PER_CLIP_COLUMNS = ["clip_id", "metric", "value", "higher_is_better", "provenance_id", "frames", "note"]
 SUMMARY_COLUMNS = ["metric", "value", "std", "n_clips", "higher_is_better", "provenance_id", "note"]
 
 
@@ -58,11 +71,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def refuse_other_identity(run_json: Path, identity: dict[str, Any], overwrite: bool, elsewhere: str) -> dict[str, Any]:
+def refuse_other_identity(
+    run_json: Path, identity: dict[str, Any], overwrite: bool, elsewhere: str, has_results: bool = True
+) -> dict[str, Any]:
     """``identity`` as JSON types; raises :class:`ResultsMismatchError` (naming the fields that
-    differ) when ``run_json`` records another identity and ``overwrite`` is off. Writes nothing."""
+    differ) when ``run_json`` records another identity, the folder holds results
+    (``has_results``) and ``overwrite`` is off. Writes nothing. A ``run.json`` without results
+    (a run that stopped before its first clip) is no conflict: there is nothing to mix."""
     identity = json.loads(json.dumps(identity, sort_keys=True, default=str))
-    if run_json.exists() and not overwrite:
+    if run_json.exists() and has_results and not overwrite:
         stored = json.loads(run_json.read_text())
         differing = sorted(key for key in set(stored) | set(identity) if stored.get(key) != identity.get(key))
         if differing:
@@ -118,6 +135,68 @@ def _format(value: Any) -> Any:
 PARTS_DIR = "parts"
 
 
+def _summary_note(group: pd.DataFrame, n_finite: int) -> str:
+    """The clips' notes of one metric, each distinct note once with the number of clips
+    that have it: "2 of 5 clips: no face in 3 of 9 frames (skipped)"."""
+    if "note" not in group.columns:
+        return ""
+    notes = [str(note) for note in group["note"] if isinstance(note, str) and note.strip()]
+    if not notes:
+        return ""
+    counts: dict[str, int] = {}
+    for note in notes:
+        counts[note] = counts.get(note, 0) + 1
+    parts = [f"{count} of {len(group)} clips: {note}" for note, count in counts.items()]
+    if len(parts) > 3:
+        parts = parts[:3] + [f"… {len(parts) - 3} more notes in per_clip.csv"]
+    if n_finite == 0:
+        parts.insert(0, "no clip has a value")
+    return "; ".join(parts)
+
+
+class RunLock:
+    """The one writer of a run directory: ``with RunLock(run_dir): ...``.
+
+    An exclusive, non-blocking ``flock`` on ``<run_dir>/.lock``; the file records the
+    holder's PID, host and start time for the message a second writer gets
+    (:class:`RunInProgressError`). The kernel drops the lock when the holder exits or is
+    killed, so a crashed run never leaves a stale lock. ``flock`` is per node: on a
+    network filesystem shared by several machines it may not exclude a writer elsewhere.
+    """
+
+    FILE = ".lock"
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / self.FILE
+        self._handle = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "an unknown process"
+            handle.close()
+            raise RunInProgressError(
+                f"{self.path.parent} is being written by another run ({holder}); results are never written "
+                "twice: wait for it to finish (then run again to resume), or use another paths.output_dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"PID {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
 class ResultStore:
     """Per-clip results of one run directory.
 
@@ -154,14 +233,25 @@ class ResultStore:
         """Start or resume a run. ``identity`` holds what must match to resume (method,
         data, degradation, metrics, seed, code version); a mismatch stops the run."""
         self._require_main("opening the run")
-        identity = refuse_other_identity(self.run_json_path, identity, overwrite, "paths.output_dir=<another folder>")
+        identity = refuse_other_identity(self.run_json_path, identity, overwrite, "paths.output_dir=<another folder>",
+                                         has_results=self.has_results())
         if overwrite:
             for path in (self.per_clip_path, self.summary_path, self.provenance_path, self.timing_path,
                          *self._part_paths("per_clip"), *self._part_paths("timing")):
                 path.unlink(missing_ok=True)
+            self._per_clip_text = None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_json_path, json.dumps(identity, indent=2, sort_keys=True) + "\n")
         atomic_write_text(self.run_dir / "config.yaml", config_yaml)
+
+    def has_results(self) -> bool:
+        """Whether any clip's rows (``per_clip.csv`` or a part file) or features are here."""
+        if self.per_clip_path.exists() and len(self.per_clip()):
+            return True
+        if any(self._part_paths("per_clip")):
+            return True
+        features = self.run_dir / "features"
+        return features.is_dir() and any(features.rglob("*.npz"))
 
     # -- per-clip rows ---------------------------------------------------------------
 
@@ -293,6 +383,7 @@ class ResultStore:
             if metric in set_level:
                 continue
             values = [v for v in group["value"].astype(float) if math.isfinite(v)]
+            note = _summary_note(group, len(values))
             mean = math.fsum(values) / len(values) if values else float("nan")
             std = (
                 math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
@@ -305,7 +396,7 @@ class ResultStore:
                     "n_clips": len(values),
                     "higher_is_better": bool(group["higher_is_better"].iloc[0]),
                     "provenance_id": provenance_id,
-                    "note": "",
+                    "note": note,
                 }
             )
         rows.extend({"note": "", **row} for row in extra_rows)

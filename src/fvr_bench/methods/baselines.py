@@ -38,8 +38,9 @@ class PrecomputedRestorer:
     """Evaluates outputs that another method already produced.
 
     ``root`` holds one entry per clip id: a folder of frames or a video file. The saved
-    outputs are expected at the ground-truth size; they must have as many frames as the
-    LQ input (the evaluator checks).
+    outputs are expected at the ground-truth size and must have exactly as many frames
+    as the clip: one frame more or less is an error naming the file and both counts,
+    never a silent trim (a trimmed or shifted output scores against the wrong frames).
     """
 
     def __init__(self, root: str, name: str = "precomputed") -> None:
@@ -64,6 +65,12 @@ class PrecomputedRestorer:
         num_frames = lq.shape[1]
         clips = []
         for clip_id in clip_ids:
-            frames = to_tensor(read_clip(self._entry(clip_id), max_frames=num_frames))
+            entry = self._entry(clip_id)
+            frames = to_tensor(read_clip(entry))
+            if len(frames) != num_frames:
+                raise DataError(
+                    f"precomputed outputs: {entry} has {len(frames)} frames, but clip '{clip_id}' has {num_frames}; "
+                    "outputs must have one frame per input frame (nothing is trimmed or padded)"
+                )
             clips.append(frames)
         return torch.stack(clips).to(lq.device)

@@ -56,6 +56,16 @@ class VideoMetric(Metric):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.add_state("values", default=[], dist_reduce_fx="cat")
+        # plain attributes, not metric states: what the last update could use (see note_clip)
+        self._clip_note: tuple[int, str] | None = None
+        self.last_note: tuple[int | None, str] = (None, "")
+
+    def note_clip(self, frames_used: int, note: str) -> None:
+        """Called by a subclass while it scores a clip that it could not score on every
+        frame: ``frames_used`` frames entered the value, ``note`` says why the others did
+        not (e.g. "no face in 3 of 9 frames"). The evaluator writes both into the clip's
+        row of ``per_clip.csv`` (``frames``, ``note``)."""
+        self._clip_note = (int(frames_used), str(note))
 
     # -- what subclasses implement ---------------------------------------------------
 
@@ -114,9 +124,11 @@ class VideoMetric(Metric):
                 raise ValueError(
                     f"{self.metric_id}: prediction {tuple(preds.shape)} and target {tuple(target.shape)} differ in shape"
                 )
+        self._clip_note = None
         # CPU convolutions through kernels whose results do not follow the thread count
         with thread_invariant_kernels(preds.device):
             scores = self.clip_scores(preds.float(), None if target is None else target.float())
+        self.last_note = self._clip_note if self._clip_note is not None else (preds.shape[1], "")
         self.values.append(scores.detach().to(torch.float64).reshape(-1))
 
     def per_clip(self) -> torch.Tensor:

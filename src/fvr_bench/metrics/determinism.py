@@ -95,8 +95,14 @@ def thread_invariant_kernels(device: torch.device | str) -> Iterator[None]:
     if torch.device(device).type != "cpu":
         yield
         return
-    with torch.backends.mkldnn.flags(enabled=False):
+    # not torch.backends.mkldnn.flags(): it also sets oneDNN's TF32 switch, which warns on every call
+    mkldnn = torch.backends.mkldnn
+    before = mkldnn.enabled
+    mkldnn.enabled = False
+    try:
         yield
+    finally:
+        mkldnn.enabled = before
 
 
 __all__ = ["bilinear_resize", "fixed_order_mean", "thread_invariant_kernels"]

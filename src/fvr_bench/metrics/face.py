@@ -125,6 +125,10 @@ class FaceMetric(VideoMetric):
         if skipped or fallback:
             log.info("%s: %d of %d frames skipped (no face), %d analysed with the GT geometry",
                      self.metric_id, skipped, len(status), fallback)
+            parts = [f"no face in {skipped} of {len(status)} frames (skipped)"] if skipped else []
+            if fallback:
+                parts.append(f"{fallback} of {len(status)} frames analysed with the GT face geometry")
+            self.note_clip(len(status) - skipped, "; ".join(parts))
 
     def clip_scores(self, preds: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         """``(B, T, 3, H, W)`` → ``(B,)``: mean of the finite frame scores (NaN if none)."""

@@ -82,7 +82,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fvr_bench.errors import ConfigError
+from fvr_bench.errors import ClipNotScorableError, ConfigError
 from fvr_bench.metrics.backends.layers import Mlp
 from fvr_bench.metrics.fidelity import quantize_8bit
 from fvr_bench.metrics.perceptual import PretrainedFiles, _load_file, _PerceptualMetric
@@ -160,7 +160,7 @@ def spatial_fragments(
     dur_t, res_h, res_w = video.shape[-3:]
     if res_h < fsize_h or res_w < fsize_w:
         # the official grid (computed on the original size) would index outside the frame
-        raise ConfigError(f"fastervqa: frames of {res_h}x{res_w} are smaller than one {fsize_h}x{fsize_w} fragment")
+        raise ClipNotScorableError(f"fastervqa: frames of {res_h}x{res_w} are smaller than one {fsize_h}x{fsize_w} fragment")
     ratio = min(res_h / size_h, res_w / size_w)
     if ratio < 1:
         up = F.interpolate(video.to(torch.float32) / 255.0, scale_factor=1 / ratio, mode="bilinear")

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from fvr_bench.errors import ConfigError
+from fvr_bench.errors import ClipNotScorableError, ConfigError
 from fvr_bench.metrics.base import VideoMetric
 from fvr_bench.metrics.determinism import fixed_order_mean
 from fvr_bench.video import rgb_to_y
@@ -84,7 +84,7 @@ def _check_settings(metric: str, color_space: str, crop_border: int) -> None:
 def _check_size(metric: str, preds: torch.Tensor, crop_border: int, minimum: int) -> None:
     height, width = preds.shape[-2:]
     if min(height, width) - 2 * crop_border < minimum:
-        raise ValueError(
+        raise ClipNotScorableError(
             f"{metric}: frames of {width}x{height} with crop_border={crop_border} leave less than "
             f"{minimum} pixels per side"
         )
