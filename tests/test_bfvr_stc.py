@@ -320,15 +320,18 @@ def official_release_layout(n_layers: int = 9) -> dict[str, tuple[int, ...]]:
 
     layout["position_emb_s"] = layout["position_emb_t"] = ((512 // 8) ** 2, 256)
     levels = len(ch_mult)
-    add, resolution, in_mult = blocks("encoder"), nominal, (1, *ch_mult)
-    add(conv, nf, 3, k3)
-    for i in range(levels):
-        channels, out_ch = nf * in_mult[i], nf * ch_mult[i]
+    def level(add, channels, out_ch, resolution):  # res_blocks ResBlocks, each followed by attention at 32
         for _ in range(res_blocks):
             add(res, channels, out_ch)
             channels = out_ch
             if resolution in attn_resolutions:
                 add(attn, channels)
+        return channels
+
+    add, resolution, in_mult = blocks("encoder"), nominal, (1, *ch_mult)
+    add(conv, nf, 3, k3)
+    for i in range(levels):
+        channels = level(add, nf * in_mult[i], nf * ch_mult[i], resolution)
         if i != levels - 1:
             spatial_only = i in (levels - 2, levels - 3)
             add(lambda name, c, k=(1, 3, 3) if spatial_only else k3: conv(f"{name}.conv", c, c, k), channels)
@@ -343,12 +346,7 @@ def official_release_layout(n_layers: int = 9) -> dict[str, tuple[int, ...]]:
     add(conv, channels, emb_dim, k3)
     add(res, channels, channels), add(attn, channels), add(res, channels, channels)
     for i in reversed(range(levels)):
-        out_ch = nf * ch_mult[i]
-        for _ in range(res_blocks):
-            add(res, channels, out_ch)
-            channels = out_ch
-            if resolution in attn_resolutions:
-                add(attn, channels)
+        channels = level(add, channels, nf * ch_mult[i], resolution)
         if i != levels - 1:
             add(lambda name, c: conv(f"{name}.conv", c, c, k3), channels)  # Upsample2D and Upsample: 3×3×3
             resolution *= 2

@@ -139,8 +139,19 @@ def test_resize_keeps_the_lq_scale(tmp_path):
 
     rect = ClipFolderDataset("mine", gt_root=tmp_path / "gt", resize=[24, 40], interpolation="area").load("c")
     assert rect.gt.shape == (3, 3, 24, 40)
-    with pytest.raises(DataError, match="divisible by 4"):
-        ClipFolderDataset("mine", gt_root=tmp_path / "gt", lq_root=tmp_path / "lq", resize=30).load("c")
+    # a size the scale does not divide: the LQ side is rounded (30 / 4 = 7.5 → 8), the scale kept
+    odd = ClipFolderDataset("mine", gt_root=tmp_path / "gt", lq_root=tmp_path / "lq", resize=30).load("c")
+    assert odd.gt.shape == (3, 3, 30, 30) and odd.lq.shape == (3, 3, 8, 8)
+
+
+def test_lq_at_a_non_integer_scale_pairs_with_its_gt(tmp_path):
+    """What ``data degrade`` exports for a continuous scale (176×144 → 111×91 at r ≈ 1.58)."""
+    write_folder(tmp_path / "gt" / "c", frames_u8(2, 144, 176))
+    write_folder(tmp_path / "lq" / "c", frames_u8(2, 91, 111, seed=1))
+    data = ClipFolderDataset("mine", gt_root=tmp_path / "gt", lq_root=tmp_path / "lq")
+    assert data.load("c").lq.shape == (2, 3, 91, 111)
+    resized = ClipFolderDataset("mine", gt_root=tmp_path / "gt", lq_root=tmp_path / "lq", resize=[72, 88]).load("c")
+    assert resized.gt.shape == (2, 3, 72, 88) and resized.lq.shape == (2, 3, 46, 56)  # 45.5 → 46, 55.5 → 56
 
 
 def test_lq_only_set_has_no_gt(tmp_path):
@@ -215,12 +226,16 @@ def test_gt_lq_mismatches(tmp_path):
     write_folder(tmp_path / "gt" / "count", frames_u8(5, 16, 16))
     write_folder(tmp_path / "lq" / "count", frames_u8(4, 8, 8))
     write_folder(tmp_path / "gt" / "size", frames_u8(3, 32, 32))
-    write_folder(tmp_path / "lq" / "size", frames_u8(3, 10, 10))
+    write_folder(tmp_path / "lq" / "size", frames_u8(3, 10, 14))  # another aspect ratio
+    write_folder(tmp_path / "gt" / "larger", frames_u8(3, 32, 32))
+    write_folder(tmp_path / "lq" / "larger", frames_u8(3, 40, 40))
     data = ClipFolderDataset("pair", gt_root=tmp_path / "gt", lq_root=tmp_path / "lq")
     with pytest.raises(DataError, match=r"clip 'count'.*GT has 5 frames, LQ has 4"):
         data.load("count")
-    with pytest.raises(DataError, match=r"clip 'size'.*LQ frames are 10x10, GT frames 32x32"):
+    with pytest.raises(DataError, match=r"clip 'size'.*LQ frames are 14x10, GT frames 32x32.*same aspect ratio"):
         data.load("size")
+    with pytest.raises(DataError, match=r"clip 'larger'.*LQ frames are 40x40, GT frames 32x32"):
+        data.load("larger")
 
 
 def test_gt_lq_clip_ids_must_match(tmp_path):

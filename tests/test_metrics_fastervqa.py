@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from fvr_bench import weights
-from fvr_bench.errors import ConfigError, WeightsMissingError
+from fvr_bench.errors import ClipNotScorableError, ConfigError, WeightsMissingError
 from fvr_bench.metrics.fastervqa import (
     FasterVQA,
     SwinTransformer3D,
@@ -100,7 +100,7 @@ def test_small_frames_are_upsampled_but_gridded_at_the_original_size():
         for j, ws in enumerate(grid):
             assert torch.equal(out[:, :, 32 * i : 32 * i + 32, 32 * j : 32 * j + 32], up[:, :, hs : hs + 32, ws : ws + 32])
     assert out.max() <= 255 and torch.equal(out, out.trunc())
-    with pytest.raises(ConfigError, match="smaller than one"):
+    with pytest.raises(ClipNotScorableError, match="smaller than one"):
         spatial_fragments(torch.zeros(3, 8, 20, 64), aligned=8)
 
 

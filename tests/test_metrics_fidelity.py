@@ -14,7 +14,7 @@ from basicsr_reference import load_basicsr
 from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from fvr_bench.errors import ConfigError
+from fvr_bench.errors import ClipNotScorableError, ConfigError
 from fvr_bench.metrics.fidelity import PSNR, SSIM, quantize_8bit
 from fvr_bench.video import as_uint8, read_video
 
