@@ -140,7 +140,7 @@ def test_crop_border_equals_measuring_the_cropped_frames():
         full = cls().frame_scores(as_clip(test), as_clip(gt)).item()
         assert cropped == pytest.approx(by_hand, abs=1e-12)
         assert cropped > full + 1e-3  # the damaged border no longer counts
-    with pytest.raises(ValueError, match="crop_border"):
+    with pytest.raises(ClipNotScorableError, match="crop_border"):
         SSIM(crop_border=80).frame_scores(as_clip(test), as_clip(gt))
 
 
