@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from fvr_bench import weights
-from fvr_bench.cli import compose
+from fvr_bench.config import compose
 from fvr_bench.errors import ConfigError, WeightsMissingError
 from fvr_bench.evaluate import run_identity
 from fvr_bench.methods.bfvr_stc import module as bfvr_module

@@ -6,7 +6,7 @@ import pytest
 from conftest import overrides
 from hydra.utils import instantiate
 
-from fvr_bench.cli import CONF_DIR, compose
+from fvr_bench.config import CONF_DIR, compose
 from fvr_bench.config import build
 from fvr_bench.errors import DataError, WeightsMissingError
 

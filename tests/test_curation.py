@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import overrides
 
-from fvr_bench.cli import compose
+from fvr_bench.config import compose
 from fvr_bench.curation.faces import FaceRegionExtractor, sample_indices
 from fvr_bench.curation.parse import (
     close_truncated,

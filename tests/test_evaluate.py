@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import overrides
 
-from fvr_bench.cli import compose
+from fvr_bench.config import compose
 from fvr_bench.errors import ConfigError, DataError, RestorerOutputError, ResultsMismatchError, RunInProgressError
 from fvr_bench.evaluate import evaluate
 from fvr_bench.methods.baselines import BicubicRestorer

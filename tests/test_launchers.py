@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fvr_bench.cli import CONF_DIR
+from fvr_bench.config import CONF_DIR
 
 PSNR_ONLY = ("metrics=fidelity", "~metrics.items.psnr_rgb", "~metrics.items.ssim_y", "~metrics.items.ssim_rgb")
 

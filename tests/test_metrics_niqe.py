@@ -18,7 +18,7 @@ from basicsr_reference import basicsr_root, load_basicsr
 from skimage import data
 
 from fvr_bench import weights
-from fvr_bench.cli import CONF_DIR
+from fvr_bench.config import CONF_DIR
 from fvr_bench.errors import ClipNotScorableError, ConfigError, WeightsMissingError
 from fvr_bench.metrics import niqe as niqe_module
 from fvr_bench.metrics.niqe import NIQE, imresize_matlab, to_gray

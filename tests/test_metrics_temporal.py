@@ -296,7 +296,7 @@ def test_ids_reference_needs_and_settings():
 def test_temporal_metric_set_end_to_end(tiny_data_dir, tmp_path):
     import pandas as pd
 
-    from fvr_bench.cli import compose
+    from fvr_bench.config import compose
     from fvr_bench.evaluate import evaluate
 
     run_dir = evaluate(compose("run", overrides(tiny_data_dir, tmp_path, "metrics=temporal", "method=identity",

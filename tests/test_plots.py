@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import overrides
 
-from fvr_bench.cli import compose
+from fvr_bench.errors import ConfigError, FvrBenchError
+from fvr_bench.config import compose
 from fvr_bench.evaluate import evaluate
 from fvr_bench.tables.plots import (
     metric_distribution,
@@ -109,9 +110,9 @@ def test_plot_command(results, tmp_path, capsys):
     assert all(p.exists() for p in scatter + profile)
     assert any(p.name.endswith("_x96.png") for p in profile)
     assert str(scatter[0]) in capsys.readouterr().out
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="kind"):
         plot_command(["kind=histogram", *base])
-    with pytest.raises(SystemExit):
+    with pytest.raises(FvrBenchError):
         plot_command(["kind=distribution", "metric=nope", *base])
 
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import overrides
 
-from fvr_bench.cli import compose
+from fvr_bench.config import compose
 from fvr_bench.config import build
 from fvr_bench.errors import ConfigError, DataError
-from fvr_bench.evaluate import evaluate
+from fvr_bench.cli import evaluate_cell
 from fvr_bench.results import ResultStore
 
 PSNR_SSIM = ("metrics=fidelity", "~metrics.items.psnr_rgb", "~metrics.items.ssim_rgb")
@@ -46,10 +46,10 @@ def test_two_processes_write_what_one_process_writes(tiny_data_dir, tmp_path, th
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        one = evaluate(compose("run", overrides(tiny_data_dir, tmp_path / "one", *PSNR_SSIM)))
+        one = evaluate_cell(compose("run", overrides(tiny_data_dir, tmp_path / "one", *PSNR_SSIM)))
     finally:
         torch.set_num_threads(before)
-    two = evaluate(compose("run", overrides(tiny_data_dir, tmp_path / "two", *PSNR_SSIM, "devices=2")))
+    two = evaluate_cell(compose("run", overrides(tiny_data_dir, tmp_path / "two", *PSNR_SSIM, "devices=2")))
     assert one.relative_to(tmp_path / "one") == two.relative_to(tmp_path / "two")
     assert files(two) == files(one)  # no part files left behind
     for name in ("per_clip.csv", "summary.csv", "run.json", "provenance.json"):
@@ -71,7 +71,7 @@ def test_killed_shards_are_skipped_on_every_rank_and_errors_reach_the_caller(tin
     run_dir = Path(cfg.run_dir)
     leave_part(run_dir, "rank1", "carphone_000", 12.5)
     with pytest.raises(DataError, match="carphone_001") as error:
-        evaluate(cfg)
+        evaluate_cell(cfg)
     assert "carphone_000" not in str(error.value)
     assert not (run_dir / "parts").exists()
     per_clip = pd.read_csv(run_dir / "per_clip.csv")
@@ -82,7 +82,7 @@ def test_one_process_resumes_what_killed_shards_left(tiny_data_dir, tmp_path):
     cfg = compose("run", overrides(tiny_data_dir, tmp_path, *PSNR_ONLY))
     run_dir = Path(cfg.run_dir)
     leave_part(run_dir, "rank3", "carphone_001", 12.5)  # from a run with more processes than now
-    evaluate(cfg)
+    evaluate_cell(cfg)
     per_clip = pd.read_csv(run_dir / "per_clip.csv")
     assert per_clip["clip_id"].tolist() == ["carphone_001", "carphone_000"]  # resumed rows first, as always
     assert per_clip["value"].iloc[0] == 12.5 and 15 < per_clip["value"].iloc[1] < 45
@@ -135,4 +135,4 @@ def test_merge_orders_clips_and_survives_being_killed_half_way(tmp_path, monkeyp
 )
 def test_bad_device_settings_are_named(tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message):
-        evaluate(compose("run", overrides(tmp_path, tmp_path, "device=cpu", *extra)))
+        evaluate_cell(compose("run", overrides(tmp_path, tmp_path, "device=cpu", *extra)))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from fvr_bench.cli import compose
+from fvr_bench.config import compose
 from fvr_bench.data.folder import ClipFolderDataset
 from fvr_bench.errors import ConfigError
 from fvr_bench.training.checkpoints import load_weights
@@ -45,7 +45,7 @@ def test_ping_pong_extends_without_repeating_end_frames():
 
 def test_windows_are_reproducible_degraded_and_upsampled(tiny_data_dir):
     from fvr_bench.degradations import build_degradation
-    from fvr_bench.cli import CONF_DIR
+    from fvr_bench.config import CONF_DIR
 
     degradation = build_degradation(OmegaConf.load(CONF_DIR / "degradation" / "vividface_bfr.yaml"))
     windows = ClipWindows(sample_dataset(tiny_data_dir), ["carphone_000"], frames=12, size=32,

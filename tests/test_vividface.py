@@ -17,7 +17,7 @@ from conftest import overrides
 from omegaconf import OmegaConf
 
 from fvr_bench import weights
-from fvr_bench.cli import CONF_DIR, compose
+from fvr_bench.config import CONF_DIR, compose
 from fvr_bench.config import build
 from fvr_bench.errors import ConfigError, WeightsMissingError
 from fvr_bench.methods.vividface import module as module_module

@@ -7,7 +7,7 @@ import pytest
 from conftest import overrides
 
 from fvr_bench import weights
-from fvr_bench.cli import compose
+from fvr_bench.config import compose
 from fvr_bench.errors import WeightsMissingError
 from fvr_bench.evaluate import evaluate
 from fvr_bench.metrics.fidelity import SSIM

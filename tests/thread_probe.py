@@ -22,7 +22,7 @@ cv2.setNumThreads(THREADS)
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from fvr_bench.cli import CONF_DIR, compose  # noqa: E402
+from fvr_bench.config import CONF_DIR, compose  # noqa: E402
 from fvr_bench.config import build  # noqa: E402
 from fvr_bench.video import read_frame_folder, to_tensor  # noqa: E402
 

@@ -12,20 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-from fvr_bench.errors import FvrBenchError
+from fvr_bench.config import CONF_DIR, register_resolvers
+from fvr_bench.errors import ConfigError, FvrBenchError
 
-
-def _register_resolvers() -> None:
-    from omegaconf import OmegaConf
-
-    # run directories of compat runs never collide with corrected-definition runs
-    if not OmegaConf.has_resolver("fvr.compat_tag"):
-        OmegaConf.register_new_resolver("fvr.compat_tag", lambda compat: "+compat" if compat else "")
-
-
-_register_resolvers()
-
-CONF_DIR = Path(os.environ.get("FVR_BENCH_CONF", Path(__file__).resolve().parents[2] / "conf"))
 
 USAGE = """usage: python -m fvr_bench <command> [options] [key=value ...]
 
@@ -53,18 +42,14 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def compose(config_name: str, overrides: list[str]):
-    """The composed config for non-``run`` commands (same tree, same overrides)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    """:func:`fvr_bench.config.compose` for a command: a bad override ends the command with
+    its message."""
+    from fvr_bench.config import compose as compose_config
 
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as error:
+        return compose_config(config_name, overrides)
+    except ConfigError as error:
         fail(str(error))
-    return cfg
 
 
 def _missing_keys(node, prefix: str = "") -> list[str]:
@@ -96,13 +81,22 @@ def require_values(cfg, what: str) -> None:
 # ------------------------------------------------------------------------- run
 
 
-def _run_task(cfg) -> None:
+def evaluate_cell(cfg) -> Path:
+    """One evaluation cell: this process (``devices=1``) or ``devices=N`` processes sharing
+    the clips; the run directory ends up the same."""
     from fvr_bench.evaluate import evaluate
+    from fvr_bench.sharding import evaluate_sharded, is_sharded
+
+    return evaluate_sharded(cfg) if is_sharded(cfg) else evaluate(cfg)
+
+
+def _run_task(cfg) -> None:
     from fvr_bench.tables.leaderboard import format_summary
 
+    register_resolvers()  # a launcher's worker process imports this module afresh
     require_values(cfg, "run")
     try:
-        run_dir = evaluate(cfg)
+        run_dir = evaluate_cell(cfg)
     except FvrBenchError as error:
         fail(str(error))
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) != 0:
@@ -115,6 +109,7 @@ def run_command(args: list[str]) -> None:
     import hydra
 
     sys.argv = [f"{sys.argv[0]} run", *args]
+    register_resolvers()
     app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="run")(_run_task)
     app()
 
@@ -125,6 +120,7 @@ def run_command(args: list[str]) -> None:
 def _train_task(cfg) -> None:
     from fvr_bench.training.run import train
 
+    register_resolvers()
     require_values(cfg, "train")
     try:
         run_dir = train(cfg)
@@ -137,6 +133,7 @@ def train_command(args: list[str]) -> None:
     import hydra
 
     sys.argv = [f"{sys.argv[0]} train", *args]
+    register_resolvers()
     app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(_train_task)
     app()
 
@@ -297,7 +294,10 @@ def table_command(args: list[str]) -> None:
 def plot_command(args: list[str]) -> None:
     from fvr_bench.tables.plots import plot_command as draw
 
-    draw(args)
+    try:
+        draw(args)
+    except FvrBenchError as error:
+        fail(str(error))
 
 
 # ------------------------------------------------------------------------- entry

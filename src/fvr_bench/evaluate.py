@@ -8,7 +8,6 @@ in the restorer contract (:mod:`fvr_bench.methods.base`), the metric class attri
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -301,19 +300,11 @@ class Evaluator:
 
 
 def evaluate(cfg: DictConfig) -> Path:
-    """Run one evaluation cell; returns the run directory.
+    """Run one evaluation cell in this process; returns the run directory. Holds the run
+    directory's lock (:class:`~fvr_bench.results.RunLock`) for the whole run.
 
-    ``devices=1``: this process evaluates every clip. ``devices=N``: N processes share the
-    clips (:func:`fvr_bench.sharding.evaluate_sharded`) and the run directory ends up the
-    same.
+    Several processes (``devices=N``) are :func:`fvr_bench.sharding.evaluate_sharded`; the
+    command line chooses between the two.
     """
-    from fvr_bench.sharding import evaluate_sharded, is_sharded
-
-    run_dir = Path(cfg.run_dir)
-    if is_sharded(cfg):
-        if str(cfg.get("strategy", "ddp_spawn")) == "ddp" and int(os.environ.get("RANK", "0")) != 0:
-            return evaluate_sharded(cfg)  # torchrun/srun started every rank: rank 0 holds the lock
-        with RunLock(run_dir):
-            return evaluate_sharded(cfg)
-    with RunLock(run_dir):
+    with RunLock(Path(cfg.run_dir)):
         return Evaluator(cfg).run()

@@ -127,13 +127,19 @@ def evaluate_sharded(cfg: DictConfig) -> Path:
             f"strategy=ddp joins processes started by torchrun or srun (one per device), but this process was "
             f"started alone; use strategy=ddp_spawn (the default) to start {device_count(devices)} processes from here"
         )
+    from fvr_bench.results import RunLock
+
     if strategy == "ddp":
-        return Path(fabric.launch(evaluate_shard, resolved, None))
+        # torchrun/srun started every rank: rank 0 holds the run directory's lock
+        if fabric.strategy.cluster_environment.global_rank() != 0:
+            return Path(fabric.launch(evaluate_shard, resolved, None))
+        with RunLock(Path(resolved.run_dir)):
+            return Path(fabric.launch(evaluate_shard, resolved, None))
     use_standard_start_method()
     # the launcher picks a free port and leaves it in this process's environment; the
     # next sharded run (a sequential multirun) must pick its own again
     port_before = os.environ.get("MASTER_PORT")
-    with tempfile.TemporaryDirectory(prefix="fvr_bench_shard_errors_") as error_dir:
+    with RunLock(Path(resolved.run_dir)), tempfile.TemporaryDirectory(prefix="fvr_bench_shard_errors_") as error_dir:
         try:
             run_dir = fabric.launch(evaluate_shard, resolved, error_dir)
         except Exception:

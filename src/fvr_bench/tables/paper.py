@@ -66,7 +66,7 @@ def load_spec(table_id: str, conf_dir: Path | None = None) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     if conf_dir is None:
-        from fvr_bench.cli import CONF_DIR as conf_dir
+        from fvr_bench.config import CONF_DIR as conf_dir
     path = Path(conf_dir) / "table" / f"{table_id}.yaml"
     if not path.exists():
         raise FvrBenchError(f"no table config {path}")
@@ -352,16 +352,13 @@ def table_command(args: list[str]) -> None:
     """``python -m fvr_bench table table=<id> [format=…] [out_dir=…]``."""
     from omegaconf import OmegaConf
 
-    from fvr_bench.cli import compose, fail
+    from fvr_bench.config import compose
 
     cfg = compose("table", args)
     spec = OmegaConf.to_container(cfg.table, resolve=True)
-    try:
-        table = build_table(spec["id"], cfg.paths.output_dir, csv_path=cfg.get("reported_csv"), spec=spec,
-                            any_data=bool(cfg.get("any_data", False)))
-        written = write_table(table, cfg.out_dir, str(cfg.format))
-    except FvrBenchError as error:
-        fail(str(error))
+    table = build_table(spec["id"], cfg.paths.output_dir, csv_path=cfg.get("reported_csv"), spec=spec,
+                        any_data=bool(cfg.get("any_data", False)))
+    written = write_table(table, cfg.out_dir, str(cfg.format))
     print(to_markdown(table))
     for path in written:
         print(f"wrote {path}")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fvr_bench.errors import ConfigError, DataError, FvrBenchError
+from fvr_bench.errors import ConfigError, DataError
 from fvr_bench.results import atomic_write_bytes
 from fvr_bench.tables.leaderboard import load_runs
 
@@ -373,7 +373,7 @@ def plot_command(args: list[str]) -> list[Path]:
     The plot keys are taken out; everything else is a ``run`` config override (only
     ``paths.output_dir`` matters). ``out`` defaults to ``<output_dir>/plots``.
     """
-    from fvr_bench.cli import compose, fail
+    from fvr_bench.config import compose
 
     options: dict[str, str] = {}
     rest: list[str] = []
@@ -405,9 +405,7 @@ def plot_command(args: list[str]) -> list[Path]:
         else:
             raise ConfigError(f"kind={kind!r}: choose scatter, distribution or profile")
     except ValueError as error:
-        fail(f"{error}")
-    except FvrBenchError as error:
-        fail(str(error))
+        raise ConfigError(str(error)) from error
     for path in paths:
         print(path)
     return paths

@@ -89,7 +89,7 @@ def train(cfg: DictConfig) -> Path:
     dataset = build(cfg.data, "data")
     degradation = None
     if options.get("degradation"):
-        from fvr_bench.cli import CONF_DIR
+        from fvr_bench.config import CONF_DIR
 
         preset = CONF_DIR / "degradation" / f"{options.degradation}.yaml"
         if not preset.is_file():
