@@ -286,3 +286,10 @@ def test_cells_without_interval_give_their_own_reason(tmp_path):
     long = pd.read_csv(tmp_path / "leaderboard_long.csv", keep_default_na=False)
     assert set(long["metric_level"]) == {"clip"}
     assert "musiq" not in set(long.loc[long["method"] == "bicubic", "column"])  # unavailable: still no row
+
+
+def test_latex_escapes_signs_in_names(tmp_path):
+    """Names with σ or × are written in math mode (the one escape of tables.render)."""
+    make_run(tmp_path, "σ-net×2", clips([30, 31, 32]))
+    build_leaderboard(tmp_path, n_boot=100, seed=0, formats=["latex"])
+    assert r"& $\sigma$-net$\times$2 &" in (tmp_path / "leaderboard.tex").read_text()

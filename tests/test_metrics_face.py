@@ -21,8 +21,13 @@ import torch
 
 from fvr_bench import weights
 from fvr_bench.errors import ConfigError, WeightsMissingError
+from fvr_bench.faces.align import ARCFACE_TEMPLATE_112, similarity_transform
+from fvr_bench.faces.dlib import DlibFaces
+from fvr_bench.faces.embedders import NETWORKS
+from fvr_bench.faces.frames import Frame, frame_digest
+from fvr_bench.faces.mediapipe import shared_mediapipe
+from fvr_bench.faces.memo import MEMO, clear_memo
 from fvr_bench.metrics import face
-from fvr_bench.metrics.backends import faces
 
 SIZE = 160
 GT_INDICES = (0, 8, 16, 24)
@@ -135,15 +140,15 @@ def test_tlme_nr_is_zero_for_a_still_face_and_grows_with_jitter(gt):
 
 
 def test_face_analysis_runs_once_per_frame_for_all_metrics(gt, monkeypatch):
-    faces.clear_memo()
+    clear_memo()
     detector_calls: list[tuple[str, int]] = []
-    real = faces.DlibFaces._run_detector
+    real = DlibFaces._run_detector
 
     def spy(self, image, upsample):
-        detector_calls.append((faces.frame_digest(image), upsample))
+        detector_calls.append((frame_digest(image), upsample))
         return real(self, image, upsample)
 
-    monkeypatch.setattr(faces.DlibFaces, "_run_detector", spy)
+    monkeypatch.setattr(DlibFaces, "_run_detector", spy)
     target = clip(gt[:2])
     noise = np.random.default_rng(1).normal(0.0, 0.02, gt[:2].shape).astype(np.float32)
     preds = clip(np.clip(gt[:2] + noise, 0.0, 1.0))
@@ -151,12 +156,12 @@ def test_face_analysis_runs_once_per_frame_for_all_metrics(gt, monkeypatch):
     for metric in metrics:
         assert math.isfinite(score(metric, preds, target)), metric.metric_id
     frames = 4  # every restored and GT frame is distinct
-    assert faces.MEMO.calls["dlib.detect"] == frames
+    assert MEMO.calls["dlib.detect"] == frames
     assert len(detector_calls) == len(set(detector_calls)), "a frame went through the dlib detector twice"
-    assert faces.MEMO.calls["dlib.descriptor"] == frames  # shared by ids_dlib, sigma_ids, facecons_id
-    assert faces.MEMO.calls["dlib.landmarks68"] == frames
-    assert faces.MEMO.calls["mediapipe.mesh"] == frames  # shared by akd_mediapipe and tlme
-    assert faces.MEMO.hits["dlib.detect"] >= 2 * frames
+    assert MEMO.calls["dlib.descriptor"] == frames  # shared by ids_dlib, sigma_ids, facecons_id
+    assert MEMO.calls["dlib.landmarks68"] == frames
+    assert MEMO.calls["mediapipe.mesh"] == frames  # shared by akd_mediapipe and tlme
+    assert MEMO.hits["dlib.detect"] >= 2 * frames
 
 
 # --------------------------------------------------------------------------- frames without a face
@@ -186,8 +191,8 @@ def test_no_face_policy(gt):
 
 
 def test_mediapipe_crop_fallback_maps_points_back(gt):
-    mesh = faces.shared_mediapipe()
-    frame = faces.Frame((gt[1] * 255 + 0.5).astype(np.uint8))
+    mesh = shared_mediapipe()
+    frame = Frame((gt[1] * 255 + 0.5).astype(np.uint8))
     own = mesh.mesh(frame)
     cropped = mesh.mesh_in_crop(frame, mesh.geometry(frame))
     assert own.shape == cropped.shape == (478, 3)
@@ -196,13 +201,13 @@ def test_mediapipe_crop_fallback_maps_points_back(gt):
 
 def test_similarity_alignment_matches_least_squares_reference():
     rng = np.random.default_rng(0)
-    src = faces.ARCFACE_TEMPLATE_112 * 2.3 + rng.normal(0, 3, (5, 2)) + 40
+    src = ARCFACE_TEMPLATE_112 * 2.3 + rng.normal(0, 3, (5, 2)) + 40
     if hasattr(skimage.transform.SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
-        expected = skimage.transform.SimilarityTransform.from_estimate(src, faces.ARCFACE_TEMPLATE_112)
+        expected = skimage.transform.SimilarityTransform.from_estimate(src, ARCFACE_TEMPLATE_112)
     else:
         expected = skimage.transform.SimilarityTransform()
-        expected.estimate(src, faces.ARCFACE_TEMPLATE_112)
-    np.testing.assert_allclose(faces._similarity_transform(src, faces.ARCFACE_TEMPLATE_112), expected.params[:2], atol=1e-9)
+        expected.estimate(src, ARCFACE_TEMPLATE_112)
+    np.testing.assert_allclose(similarity_transform(src, ARCFACE_TEMPLATE_112), expected.params[:2], atol=1e-9)
 
 
 # --------------------------------------------------------------------------- ArcFace networks
@@ -211,7 +216,7 @@ def test_similarity_alignment_matches_least_squares_reference():
 def test_ids_arcface_random_weights_end_to_end_and_bfvr_stc_frame_23(carphone, astronaut):
     # 24 frames, as BFVR-STC's clips: frames 0-22 are another identity, frame 23 is restored
     # exactly (repeated frames keep the IR-SE50 work to two crops: the memo is per content)
-    faces.clear_memo()
+    clear_memo()
     face23 = carphone_faces(carphone, [23])[0]
     target = clip(np.stack([face23] * 24))
     preds = clip(np.stack([astronaut] * 23 + [face23]))
@@ -224,8 +229,8 @@ def test_ids_arcface_random_weights_end_to_end_and_bfvr_stc_frame_23(carphone, a
     with pytest.raises(ConfigError, match="24-frame"):
         compat.update(preds[:, :12], target[:, :12])
     # the embeddings are unit 512-vectors of the real IR-SE50 architecture
-    embeddings = faces.MEMO.values("arcface_irse50.embed")
-    assert len(embeddings) == faces.MEMO.calls["arcface_irse50.embed"] == 2
+    embeddings = MEMO.values("arcface_irse50.embed")
+    assert len(embeddings) == MEMO.calls["arcface_irse50.embed"] == 2
     for embedding in embeddings:
         assert embedding.shape == (512,) and np.linalg.norm(embedding) == pytest.approx(1.0, abs=1e-5)
 
@@ -239,7 +244,7 @@ def test_vidd_static_clip_is_zero_and_weights_load_from_a_file(gt, tmp_path):
     moving_random = score(vidd, moving)
     assert moving_random > 0.0
     # a DataParallel-style checkpoint ("module." prefix) loads strictly from weights_path
-    random_net = faces.NETWORKS.get("arcface_r18_fos", None, 0, torch.device("cpu"))  # the one vidd just used
+    random_net = NETWORKS.get("arcface_r18_fos", None, 0, torch.device("cpu"))  # the one vidd just used
     state = {f"module.{k}": v for k, v in random_net.state_dict().items()}
     path = tmp_path / "resnet18_110.pth"
     torch.save(state, path)
@@ -290,3 +295,19 @@ def test_settings_are_validated_and_recorded():
                                      face.SigmaIDS, face.TLME, face.TLMENR, face.VIDD)}
     assert ids == {"ids_arcface", "ids_dlib", "akd_mediapipe", "akd_dlib68", "facecons_id", "sigma_ids", "tlme",
                    "tlme_nr", "vidd"}
+
+
+def test_face_analysis_sits_below_metrics():
+    """fvr_bench.faces is a shared service under metrics, methods and curation: importing
+    every module of it loads nothing of fvr_bench.metrics."""
+    import pkgutil
+    import subprocess
+    import sys
+
+    import fvr_bench.faces
+
+    modules = [f"fvr_bench.faces.{m.name}" for m in pkgutil.iter_modules(fvr_bench.faces.__path__)]
+    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + (
+        "print(sorted(m for m in sys.modules if m.startswith('fvr_bench.metrics')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert len(modules) >= 10 and out.strip() == "[]"

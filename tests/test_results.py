@@ -76,3 +76,19 @@ def test_infinite_values_stay_out_of_the_mean(tmp_path):
     assert summary.loc["psnr_y", "value"] == 40.0
     assert summary.loc["psnr_y", "n_clips"] == 1
     assert pd.read_csv(tmp_path / "summary.csv").shape[0] == 2
+
+
+def test_run_dir_is_shared_by_the_result_and_curation_stores(tmp_path):
+    """One RunDir: run.json bytes, the identity check and its has_results rule."""
+    from fvr_bench.curation.run import CurationStore
+    from fvr_bench.results import RunDir
+
+    assert isinstance(ResultStore(tmp_path / "a").dir, RunDir) and isinstance(CurationStore(tmp_path / "b").dir, RunDir)
+    run = RunDir(tmp_path / "c")
+    run.write_identity({"b": 1, "a": [1, 2]})
+    assert run.run_json_path.read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
+    run.check({"b": 2}, overwrite=False, elsewhere="x", has_results=False)  # nothing to mix: no conflict
+    run.check({"b": 2}, overwrite=True, elsewhere="x")
+    with pytest.raises(ResultsMismatchError, match=r"\(differs in: a, b\)\. Results are never mixed: pass "
+                                                   r"overwrite=true to replace them, or x\.$"):
+        run.check({"b": 2}, overwrite=False, elsewhere="x")

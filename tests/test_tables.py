@@ -185,3 +185,18 @@ def test_rows_of_other_datasets_are_shown_but_never_ranked(tmp_path):
     assert "**99.00**" in next(l for l in markdown.splitlines() if "| measured | onvfhq |" in l)
     assert "**" not in next(l for l in markdown.splitlines() if "| measured | onsample (sample) |" in l)
     assert "not ranked" not in to_markdown(build_table("vividface_t1", tmp_path))  # no other-data row, no note
+
+
+def test_one_latex_escape_for_the_paper_tables_and_the_leaderboard():
+    """tables.render.latex_escape is the only escape. The paper tables' former escape left
+    $ { } ~ ^ raw (a caption with "$" or "~" broke the .tex); the leaderboard's left σ, ×, ²
+    and – raw (pdflatex stops on them). Both now get the union, one character at a time."""
+    from fvr_bench.tables.render import latex_escape
+
+    assert latex_escape("σIDS×10²") == r"$\sigma$IDS$\times10^2$"
+    assert latex_escape("E*warp×10³ – 512²") == r"E*warp$\times10^3$ -- 512$^2$"
+    assert latex_escape("a_b & 5% #1 $x$ {y} ~z^2 \\") == (
+        r"a\_b \& 5\% \#1 \$x\$ \{y\} \textasciitilde{}z\textasciicircum{}2 \textbackslash{}")
+    table = build_table("svfr_t2", output_dir=None)
+    table.spec["caption"] = "cost in $ ~{k}"
+    assert r"\caption{cost in \$ \textasciitilde{}\{k\}}" in to_latex(table)

@@ -32,14 +32,12 @@ run under their launcher's lock.
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import io
 import json
 import math
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -49,26 +47,12 @@ import numpy as np
 import pandas as pd
 
 from fvr_bench.errors import ResultsMismatchError, RunInProgressError
+from fvr_bench.io import atomic_write_bytes, atomic_write_text, csv_text, read_rows
+
+# (methods/vividface and training still import atomic_write_bytes/atomic_write_text from here; fvr_bench.io is their home)
 
 PER_CLIP_COLUMNS = ["clip_id", "metric", "value", "higher_is_better", "provenance_id", "frames", "note"]
 SUMMARY_COLUMNS = ["metric", "value", "std", "n_clips", "higher_is_better", "provenance_id", "note"]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a
-    mix: temporary sibling, fsync, ``os.replace``; the temporary file never outlives a failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def refuse_other_identity(
@@ -90,26 +74,6 @@ def refuse_other_identity(
     return identity
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """:func:`atomic_write_bytes` of UTF-8 text, newlines as given."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _csv_text(rows: Iterable[dict[str, Any]], columns: list[str], header: bool) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    if header:
-        writer.writeheader()
-    for row in rows:
-        writer.writerow({key: _format(row.get(key)) for key in columns})
-    return buffer.getvalue()
-
-
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV file as written, every field a string (no float parsing)."""
-    return list(csv.DictReader(io.StringIO(path.read_text())))
-
-
 def _rows_by_clip(paths: Iterable[Path], skip: set[str]) -> dict[str, list[dict[str, str]]]:
     """Rows of the part files grouped by clip, leaving out the clips in ``skip``. A clip
     belongs to the first file that holds it: each clip's rows are written in one atomic
@@ -117,19 +81,12 @@ def _rows_by_clip(paths: Iterable[Path], skip: set[str]) -> dict[str, list[dict[
     grouped: dict[str, list[dict[str, str]]] = {}
     owner: dict[str, Path] = {}
     for path in paths:
-        for row in _read_rows(path):
+        for row in read_rows(path):
             clip_id = row["clip_id"]
             if clip_id in skip or owner.setdefault(clip_id, path) != path:
                 continue
             grouped.setdefault(clip_id, []).append(row)
     return grouped
-
-
-def _format(value: Any) -> Any:
-    # repr of a float round-trips exactly, so a resumed run reproduces the same summary
-    if isinstance(value, float):
-        return repr(value)
-    return value
 
 
 PARTS_DIR = "parts"
@@ -197,6 +154,33 @@ class RunLock:
             self._handle = None
 
 
+class RunDir:
+    """A results folder and its identity, shared by the evaluation's :class:`ResultStore`
+    and the curation store: ``run.json`` (the fields that must match to add results to
+    the folder, checked by :func:`refuse_other_identity`), ``config.yaml`` (the resolved
+    configuration, for people) and the folder's one-writer :class:`RunLock`."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.run_json_path = self.path / "run.json"
+        self.config_path = self.path / "config.yaml"
+
+    def check(self, identity: dict[str, Any], overwrite: bool, elsewhere: str, has_results: bool = True) -> dict[str, Any]:
+        """:func:`refuse_other_identity` of this folder's ``run.json``; writes nothing."""
+        return refuse_other_identity(self.run_json_path, identity, overwrite, elsewhere, has_results=has_results)
+
+    def write_identity(self, identity: dict[str, Any]) -> None:
+        """Create the folder and record ``identity`` in ``run.json`` (sorted keys, indent 2)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_json_path, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+
+    def write_config(self, config_yaml: str) -> None:
+        atomic_write_text(self.config_path, config_yaml)
+
+    def lock(self) -> RunLock:
+        return RunLock(self.path)
+
+
 class ResultStore:
     """Per-clip results of one run directory.
 
@@ -208,6 +192,7 @@ class ResultStore:
 
     def __init__(self, run_dir: str | os.PathLike, shard: str | None = None) -> None:
         self.run_dir = Path(run_dir)
+        self.dir = RunDir(self.run_dir)
         self.shard = shard
         self.parts_dir = self.run_dir / PARTS_DIR
         if shard is None:
@@ -219,7 +204,7 @@ class ResultStore:
             self.per_clip_path = self.parts_dir / f"per_clip.{shard}.csv"
             self.timing_path = self.parts_dir / f"timing.{shard}.csv"
         self.summary_path = self.run_dir / "summary.csv"
-        self.run_json_path = self.run_dir / "run.json"
+        self.run_json_path = self.dir.run_json_path
         self.provenance_path = self.run_dir / "provenance.json"
         self._per_clip_text: str | None = None
 
@@ -233,16 +218,14 @@ class ResultStore:
         """Start or resume a run. ``identity`` holds what must match to resume (method,
         data, degradation, metrics, seed, code version); a mismatch stops the run."""
         self._require_main("opening the run")
-        identity = refuse_other_identity(self.run_json_path, identity, overwrite, "paths.output_dir=<another folder>",
-                                         has_results=self.has_results())
+        identity = self.dir.check(identity, overwrite, "paths.output_dir=<another folder>", has_results=self.has_results())
         if overwrite:
             for path in (self.per_clip_path, self.summary_path, self.provenance_path, self.timing_path,
                          *self._part_paths("per_clip"), *self._part_paths("timing")):
                 path.unlink(missing_ok=True)
             self._per_clip_text = None
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_json_path, json.dumps(identity, indent=2, sort_keys=True) + "\n")
-        atomic_write_text(self.run_dir / "config.yaml", config_yaml)
+        self.dir.write_identity(identity)
+        self.dir.write_config(config_yaml)
 
     def has_results(self) -> bool:
         """Whether any clip's rows (``per_clip.csv`` or a part file) or features are here."""
@@ -258,7 +241,7 @@ class ResultStore:
     def _text(self) -> str:
         if self._per_clip_text is None:
             self._per_clip_text = (
-                self.per_clip_path.read_text() if self.per_clip_path.exists() else _csv_text([], PER_CLIP_COLUMNS, True)
+                self.per_clip_path.read_text() if self.per_clip_path.exists() else csv_text([], PER_CLIP_COLUMNS, True)
             )
         return self._per_clip_text
 
@@ -274,14 +257,14 @@ class ResultStore:
         main_path = self.run_dir / "per_clip.csv"
         for path in [main_path, *self._part_paths("per_clip")]:
             if path != self.per_clip_path and path.exists():
-                finished.update(row["clip_id"] for row in _read_rows(path))
+                finished.update(row["clip_id"] for row in read_rows(path))
         return finished
 
     def append_clip(self, clip_id: str, rows: list[dict[str, Any]], seconds: float | None = None) -> None:
         """Add every metric row of one finished clip in a single atomic replace."""
         if clip_id in set(self.per_clip()["clip_id"]):
             raise ValueError(f"clip {clip_id} is already in {self.per_clip_path}")
-        text = self._text() + _csv_text(({"clip_id": clip_id, **row} for row in rows), PER_CLIP_COLUMNS, False)
+        text = self._text() + csv_text(({"clip_id": clip_id, **row} for row in rows), PER_CLIP_COLUMNS, False)
         atomic_write_text(self.per_clip_path, text)
         self._per_clip_text = text
         if seconds is not None:
@@ -322,16 +305,16 @@ class ResultStore:
         new_rows = _rows_by_clip(per_clip_parts, skip=present)
         added = sorted(new_rows, key=in_clip_order)
         if added:
-            text = self._text() + _csv_text((row for clip_id in added for row in new_rows[clip_id]), PER_CLIP_COLUMNS, False)
+            text = self._text() + csv_text((row for clip_id in added for row in new_rows[clip_id]), PER_CLIP_COLUMNS, False)
             atomic_write_text(self.per_clip_path, text)
             self._per_clip_text = text
 
         timing_text = self.timing_path.read_text() if self.timing_path.exists() else "clip_id,seconds\n"
-        timed = {row["clip_id"] for row in _read_rows(self.timing_path)} if self.timing_path.exists() else set()
+        timed = {row["clip_id"] for row in read_rows(self.timing_path)} if self.timing_path.exists() else set()
         new_timings = _rows_by_clip(timing_parts, skip=timed)
         if new_timings:
             ordered = (row for clip_id in sorted(new_timings, key=in_clip_order) for row in new_timings[clip_id])
-            atomic_write_text(self.timing_path, timing_text + _csv_text(ordered, ["clip_id", "seconds"], False))
+            atomic_write_text(self.timing_path, timing_text + csv_text(ordered, ["clip_id", "seconds"], False))
 
         for path in (*per_clip_parts, *timing_parts):
             path.unlink()
@@ -401,5 +384,5 @@ class ResultStore:
             )
         rows.extend({"note": "", **row} for row in extra_rows)
         rows.sort(key=lambda row: row["metric"])
-        atomic_write_text(self.summary_path, _csv_text(rows, SUMMARY_COLUMNS, True))
+        atomic_write_text(self.summary_path, csv_text(rows, SUMMARY_COLUMNS, True))
         return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)

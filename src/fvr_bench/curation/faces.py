@@ -104,7 +104,8 @@ class FaceRegionExtractor:
         """Face boxes ``[i, x, y, w, h]`` of uint8 ``(N, H, W, 3)`` frames (one row per hit)."""
         if self.detector == "haar":
             return detect_faces(frames, every=1)
-        from fvr_bench.metrics.backends.faces import DlibFaces, Frame
+        from fvr_bench.faces.dlib import DlibFaces
+        from fvr_bench.faces.frames import Frame
 
         dlib_faces = DlibFaces(detector="hog", upsample="auto")
         rows = []

@@ -32,7 +32,8 @@ from fvr_bench.config import build
 from fvr_bench.curation.parse import ParsedAnswer, flag_kind, is_kept, parse_answer
 from fvr_bench.curation.rubric import VIVIDFACE_RUBRIC
 from fvr_bench.errors import ConfigError, DataError
-from fvr_bench.results import _csv_text, atomic_write_text, refuse_other_identity
+from fvr_bench.io import atomic_write_text, csv_text
+from fvr_bench.results import RunDir
 
 DIMENSIONS = [d.key for d in VIVIDFACE_RUBRIC.dimensions]
 COLUMNS = [
@@ -94,8 +95,9 @@ class CurationStore:
 
     def __init__(self, out: Path) -> None:
         self.out = out
+        self.dir = RunDir(out)
         self.scores_path = out / "scores.csv"
-        self.run_json_path = out / "run.json"
+        self.run_json_path = self.dir.run_json_path
         self.rows: list[dict[str, Any]] = []
         if self.scores_path.exists():
             frame = pd.read_csv(self.scores_path, dtype=str, keep_default_na=False)
@@ -107,7 +109,7 @@ class CurationStore:
 
     def check(self, identity: dict[str, Any], overwrite: bool) -> None:
         """Refuse to resume results of another identity (unless ``overwrite``); writes nothing."""
-        refuse_other_identity(self.run_json_path, identity, overwrite, "out=<another folder>")
+        self.dir.check(identity, overwrite, "out=<another folder>")
 
     def open(self, identity: dict[str, Any], overwrite: bool) -> None:
         """Start or resume: ``overwrite`` drops earlier rows; records the identity."""
@@ -115,8 +117,7 @@ class CurationStore:
         if overwrite:
             self.rows = []
             self.scores_path.unlink(missing_ok=True)
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_json_path, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+        self.dir.write_identity(identity)
 
     def done(self) -> set[str]:
         return {str(row["clip_id"]) for row in self.rows}
@@ -126,7 +127,7 @@ class CurationStore:
         self.write()
 
     def write(self) -> None:
-        atomic_write_text(self.scores_path, _csv_text(self.rows, COLUMNS, True))
+        atomic_write_text(self.scores_path, csv_text(self.rows, COLUMNS, True))
 
 
 def _as_float(value: Any) -> float | None:
@@ -197,7 +198,7 @@ def curate_command(cfg) -> Path:
         scorer.load()  # a missing model stops here, before anything is written
     store.open(identity, overwrite)
     atomic_write_text(out / "prompt.txt", scorer.prompt(scorer.frames) + "\n")
-    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    store.dir.write_config(OmegaConf.to_yaml(cfg, resolve=True))
     for clip_id in tqdm(todo, desc=f"grading {cfg.data.name}", unit="clip", disable=not cfg.get("progress", True)):
         start = time.perf_counter()
         sample = dataset.load(clip_id)

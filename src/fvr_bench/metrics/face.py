@@ -2,7 +2,7 @@
 
 Inputs are ``(B, T, 3, H, W)`` float tensors in [0, 1] (restored ``preds``, GT ``target``).
 Every metric draws its detections, landmarks and embeddings from
-:mod:`fvr_bench.metrics.backends.faces`, which computes each analysis once per frame
+:mod:`fvr_bench.faces`, which computes each analysis once per frame
 content and shares it between all metrics of a run. Frames are analysed as 8-bit RGB
 (rounded like saved PNGs). Values are stored raw; papers print AKD and TLME ×1000 and
 σ_IDS ×100 — that scaling belongs to tables.
@@ -57,7 +57,7 @@ Definitions (per clip; the evaluator averages clips)
     returns the last frame's features instead of the score — a bug not reproduced.)
     No reference; no face detection (FOS frames are aligned face crops).
 
-Frames without a face: see :mod:`fvr_bench.metrics.backends.faces` — GT frames without a
+Frames without a face: see :mod:`fvr_bench.faces.analysis` — GT frames without a
 face are skipped; restored frames without their own detection are analysed with the GT
 frame's geometry; the counts are kept in ``metric.face_counts`` (``frames``, ``own``,
 ``fallback``, ``missing``, ``no_face_gt``). A clip whose frames are all skipped scores NaN.
@@ -74,17 +74,17 @@ import torch
 
 from fvr_bench import weights as weight_registry
 from fvr_bench.errors import ConfigError
-from fvr_bench.metrics.backends.faces import (
+from fvr_bench.faces.analysis import (
     STATUS_FALLBACK,
     STATUS_MISSING,
     STATUS_NO_FACE_GT,
-    ArcFaceR18FOS,
     FrameAnalysis,
-    IdentityBackend,
-    LandmarkBackend,
-    frames_of,
-    package_version,
 )
+from fvr_bench.faces.embedders import ArcFaceR18FOS
+from fvr_bench.faces.frames import frames_of
+from fvr_bench.faces.identity import IdentityBackend
+from fvr_bench.faces.landmarks import LandmarkBackend
+from fvr_bench.faces.provenance import package_version
 from fvr_bench.metrics.base import VideoMetric
 
 log = logging.getLogger(__name__)

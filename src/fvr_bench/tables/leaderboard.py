@@ -66,7 +66,8 @@ import numpy as np
 import pandas as pd
 
 from fvr_bench.errors import FvrBenchError
-from fvr_bench.results import atomic_write_text
+from fvr_bench.io import atomic_write_text
+from fvr_bench.tables.render import arrow, latex_escape, latex_tabular, markdown_table
 from fvr_bench.tables.stats import DEFAULT_N_BOOT, bootstrap_mean_ci, paired_comparison
 
 KEY_COLUMNS = ["data", "degradation", "method"]
@@ -509,9 +510,9 @@ def to_markdown(
 ) -> str:
     """Markdown with ↑/↓ per metric; the best value within each data × condition is bold."""
     keys = ["data", "condition", "method"]
-    header = keys + ["clips"] + [f"{c} {'↑' if higher[c] else '↓'}" for c in metric_columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = keys + ["clips"] + [f"{c} {arrow(higher[c])}" for c in metric_columns]
     best = _best(table, metric_columns, higher)
+    rows = []
     for _, row in table.iterrows():
         cells = [str(row[c]) for c in keys] + [str(int(row["n_clips"]))]
         for column in metric_columns:
@@ -520,13 +521,14 @@ def to_markdown(
             if not pd.isna(value) and best.get(((row["data"], row["condition"]), column)) == value:
                 text = f"**{text}**"
             cells.append(text)
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines = markdown_table(header, rows)
     if long is not None:
         lines += ["", _footnote(n_boot, seed, level, ci_style, long, unavailable)]
     if baseline is not None and long is not None:
         lines += ["", f"### vs {baseline} (paired over common clips; gain > 0: better than {baseline})", ""]
         header = keys + [f"{c} gain [{level:.0%} CI] win" for c in metric_columns]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        rows = []
         for key, group in _paired_rows(long, baseline).groupby(keys, sort=True):
             cells = list(key)
             by_column = group.set_index("column")
@@ -539,16 +541,9 @@ def to_markdown(
                     f"{r['gain']:+.{digits}f} [{r['gain_ci_low']:+.{digits}f}, {r['gain_ci_high']:+.{digits}f}] "
                     f"{r['win_rate']:.0%} (n={int(r['n_paired'])})"
                 )
-            lines.append("| " + " | ".join(cells) + " |")
+            rows.append(cells)
+        lines += markdown_table(header, rows)
     return "\n".join(lines) + "\n"
-
-
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
-def latex_escape(text: Any) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
 def to_latex(
@@ -580,13 +575,9 @@ def to_latex(
         return f"${text}^{{{up}}}_{{{down}}}$"
 
     def tabular(header: list[str], rows: list[list[str]]) -> list[str]:
-        spec = "l" * len(keys) + "r" * (len(header) - len(keys))
-        out = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule", " & ".join(header) + r" \\", "\\midrule"]
-        out += [" & ".join(r) + r" \\" for r in rows]
-        out += ["\\bottomrule", "\\end{tabular}"]
-        return out
+        return latex_tabular("l" * len(keys) + "r" * (len(header) - len(keys)), header, rows)
 
-    arrows = {c: r"$\uparrow$" if higher[c] else r"$\downarrow$" for c in metric_columns}
+    arrows = {c: arrow(higher[c], latex=True) for c in metric_columns}
     best = _best(table, metric_columns, higher)
     rows = []
     for _, row in table.iterrows():

@@ -21,7 +21,8 @@ from typing import Any
 import pandas as pd
 
 from fvr_bench.errors import FvrBenchError
-from fvr_bench.results import atomic_write_text
+from fvr_bench.io import atomic_write_text
+from fvr_bench.tables.render import arrow, latex_escape, latex_tabular, markdown_table
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 REPORTED_CSV = REPO_ROOT / "reported" / "paper_tables.csv"
@@ -237,10 +238,6 @@ def ranks(table: PaperTable) -> dict[tuple[int, str], int]:
     return marks
 
 
-def _arrow(column: dict[str, Any]) -> str:
-    return "↑" if column["higher_is_better"] else "↓"
-
-
 def unranked_note(table: PaperTable) -> str | None:
     """The note on rows of other datasets, or None when the table has none."""
     others = table.unranked
@@ -258,16 +255,16 @@ def to_markdown(table: PaperTable) -> str:
     spec = table.spec
     marks = ranks(table)
     lead = (["Task"] if table.multi_task else []) + ["Source", "Method"]
-    header = lead + [f"{c['name']} {_arrow(c)}" for c in table.columns]
-    lines = [f"### {spec.get('title', spec['id'])}", "", spec.get("caption", ""), "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = lead + [f"{c['name']} {arrow(c['higher_is_better'])}" for c in table.columns]
+    rows = []
     for i, row in enumerate(table.rows):
         cells = ([row.task] if table.multi_task else []) + [row.source, row.method]
         for column in table.columns:
             value = row.cells.get(column["name"], "") or EMPTY
             mark = marks.get((i, column["name"]))
             cells.append(f"**{value}**" if mark == 1 else f"_{value}_" if mark == 2 else value)
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines = [f"### {spec.get('title', spec['id'])}", "", spec.get("caption", ""), ""] + markdown_table(header, rows)
     lines += ["", (f"Best in **bold**, second _underscored_ (per task, among rows on {spec.get('dataset')}). "
               f"Reported: {spec.get('paper', '')} ({spec.get('title', '')}). Measured: protocol="
               f"{spec.get('protocol')}, dataset={spec.get('dataset')}.")]
@@ -279,44 +276,34 @@ def to_markdown(table: PaperTable) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _latex_escape(text: str) -> str:
-    out = str(text)
-    for a, b in [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("σ", r"$\sigma$"), ("×10³", r"$\times10^3$"), ("×10²", r"$\times10^2$"), ("×", r"$\times$"),
-                 ("²", r"$^2$"), ("–", "--")]:
-        out = out.replace(a, b)
-    return out
-
-
 def to_latex(table: PaperTable) -> str:
     spec = table.spec
     marks = ranks(table)
     lead = (["Task"] if table.multi_task else []) + ["Source", "Method"]
-    up, down = r"$\uparrow$", r"$\downarrow$"
-    header = lead + [f"{_latex_escape(c['name'])} {up if c['higher_is_better'] else down}" for c in table.columns]
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_escape(spec.get('caption', ''))}}}",
-             rf"\label{{tab:{spec['id']}}}", r"\begin{tabular}{" + "l" * len(lead) + "c" * len(table.columns) + "}",
-             r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
+    header = lead + [f"{latex_escape(c['name'])} {arrow(c['higher_is_better'], latex=True)}" for c in table.columns]
+    rows: list[list[str] | str] = []
     previous_task = None
     for i, row in enumerate(table.rows):
         if previous_task is not None and row.task != previous_task:
-            lines.append(r"\midrule")
+            rows.append(r"\midrule")
         previous_task = row.task
-        cells = ([_latex_escape(row.task)] if table.multi_task else []) + [row.source, _latex_escape(row.method)]
+        cells = ([latex_escape(row.task)] if table.multi_task else []) + [row.source, latex_escape(row.method)]
         for column in table.columns:
             value = row.cells.get(column["name"], "")
             mark = marks.get((i, column["name"]))
             text = value if value else "--"
             cells.append(rf"\textbf{{{text}}}" if mark == 1 else rf"\underline{{{text}}}" if mark == 2 else text)
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+        rows.append(cells)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(spec.get('caption', ''))}}}",
+             rf"\label{{tab:{spec['id']}}}"]
+    lines += latex_tabular("l" * len(lead) + "c" * len(table.columns), header, rows)
     note = unranked_note(table)
     if table.footnotes or note:
         lines.append(r"\par\footnotesize")
     if note:
-        lines.append(rf"{_latex_escape(note)}\\")
+        lines.append(rf"{latex_escape(note)}\\")
     if table.footnotes:
-        lines += [rf"{n}. {_latex_escape(t)}\\" for n, t in enumerate(table.footnotes, 1)]
+        lines += [rf"{n}. {latex_escape(t)}\\" for n, t in enumerate(table.footnotes, 1)]
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 

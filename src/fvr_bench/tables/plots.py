@@ -29,8 +29,9 @@ import numpy as np
 import pandas as pd
 
 from fvr_bench.errors import ConfigError, DataError
-from fvr_bench.results import atomic_write_bytes
+from fvr_bench.io import atomic_write_bytes
 from fvr_bench.tables.leaderboard import load_runs
+from fvr_bench.tables.render import arrow
 
 FORMATS = ("png", "pdf")
 DEFAULT_MARKER_AREA = 80.0
@@ -142,7 +143,7 @@ def per_clip_values(run_dir: str | Path, metric: str) -> pd.Series:
 
 def _arrow(runs: pd.DataFrame, metric: str) -> str:
     higher = runs.loc[runs["metric"] == metric, "higher_is_better"].iloc[0]
-    return "↑" if str(higher) == "True" else "↓"
+    return arrow(str(higher) == "True")
 
 
 # --------------------------------------------------------------------------- (1) speed vs quality
