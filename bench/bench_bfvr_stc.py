@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from fvr_bench.cli import compose
 from fvr_bench.methods.bfvr_stc.autoencoder import set_fused_attention
-from fvr_bench.methods.bfvr_stc.module import BFVRSTCModule
+from fvr_bench.methods.bfvr_stc.restorer import BFVRSTCRestorer, build_restorer
 
 
 def device_name(device: torch.device) -> str:
@@ -37,23 +37,20 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def build(tiny: bool, device: torch.device) -> BFVRSTCModule:
-    options = {}
-    if tiny:
-        options = OmegaConf.to_container(compose("run", ["method=bfvr_stc_tiny"]).method.module, resolve=True)
-        options.pop("_target_")
+def build(tiny: bool, device: torch.device) -> BFVRSTCRestorer:
+    method = compose("run", ["method=bfvr_stc_tiny" if tiny else "method=bfvr_stc"]).method
     torch.manual_seed(0)
-    return BFVRSTCModule(stage="inference", **options).to(device).eval()
+    return build_restorer(method.architecture, method.restore).to(device).eval()
 
 
-def configure(model: BFVRSTCModule, optimised: bool, bf16: bool) -> None:
+def configure(model: BFVRSTCRestorer, optimised: bool, bf16: bool) -> None:
     set_fused_attention(model, optimised)
     model.to(memory_format=torch.channels_last_3d if optimised else torch.contiguous_format)
     model.restore_settings["bf16"] = bf16
     torch.backends.cudnn.benchmark = optimised
 
 
-def measure(model: BFVRSTCModule, clip: torch.Tensor, repeats: int) -> tuple[float, float | None, torch.Tensor]:
+def measure(model: BFVRSTCRestorer, clip: torch.Tensor, repeats: int) -> tuple[float, float | None, torch.Tensor]:
     """(median seconds, peak GiB or None on CPU, output) of ``model.restore(clip)``."""
     cuda = clip.device.type == "cuda"
     with torch.inference_mode():

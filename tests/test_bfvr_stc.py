@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import lightning as L
@@ -11,13 +12,21 @@ import torch
 from omegaconf import OmegaConf
 
 from fvr_bench import weights
+from fvr_bench.config import build as build_config
 from fvr_bench.config import compose
 from fvr_bench.errors import ConfigError, WeightsMissingError
 from fvr_bench.evaluate import run_identity
-from fvr_bench.methods.bfvr_stc import module as bfvr_module
+from fvr_bench.methods.bfvr_stc import restorer as bfvr_restorer
 from fvr_bench.methods.bfvr_stc.autoencoder import VideoDecoder, VideoEncoder
 from fvr_bench.methods.bfvr_stc.discriminator import DinoDiscriminator
-from fvr_bench.methods.bfvr_stc.module import BFVRSTCModule, autoencoder_parts, load_restorer, minmax_stretch
+from fvr_bench.methods.bfvr_stc.restorer import (
+    BFVRSTCRestorer,
+    autoencoder_parts,
+    build_restorer,
+    load_restorer,
+    minmax_stretch,
+)
+from fvr_bench.methods.bfvr_stc.training import BFVRSTCTraining
 from fvr_bench.methods.bfvr_stc.official import (
     UNUSED_OFFICIAL_PREFIXES,
     from_official,
@@ -38,16 +47,27 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def tiny() -> dict:
-    """The ``module`` options of the tiny method config, as the train command passes them."""
-    options = OmegaConf.to_container(compose("run", ["method=bfvr_stc_tiny"]).method.module, resolve=True)
-    options.pop("_target_")
-    return options
+    """The tiny method config (conf/method/bfvr_stc_tiny.yaml), resolved."""
+    return OmegaConf.to_container(compose("train", ["method=bfvr_stc_tiny", "stage=1"]).method, resolve=True)
 
 
-def build(tiny: dict, stage: str, seed: int = 0, **changes) -> BFVRSTCModule:
+def build(tiny: dict, stage: str, seed: int = 0, architecture: dict | None = None, **changes) -> BFVRSTCTraining:
+    """The training module of ``stage`` as the train command builds it; ``changes`` are merged
+    over ``train.stages.<stage>.module`` (e.g. ``lr=…``, ``objective={"gan_start_step": …}``)."""
     torch.manual_seed(seed)
-    options = {**tiny, **changes}
-    return BFVRSTCModule(stage=stage, **options)
+    node = OmegaConf.merge(tiny["train"]["module"], tiny["train"]["stages"][stage]["module"], changes)
+    if architecture is not None:
+        node.restorer.architecture, node.hq_encoder.autoencoder = architecture, architecture["autoencoder"]
+    return build_config(node, f"bfvr_stc stage {stage}")
+
+
+def inference(tiny: dict, seed: int = 0, **restore) -> BFVRSTCRestorer:
+    torch.manual_seed(seed)
+    return build_restorer(tiny["architecture"], {**tiny["restore"], **restore}, tiny["name"]).eval()
+
+
+def load(tiny: dict, checkpoint, **options) -> BFVRSTCRestorer:
+    return load_restorer(tiny["architecture"], tiny["restore"], checkpoint, name=tiny["name"], **options)
 
 
 def random_video(frames: int, height: int, width: int, seed: int = 1) -> torch.Tensor:
@@ -62,13 +82,13 @@ def random_video(frames: int, height: int, width: int, seed: int = 1) -> torch.T
 
 
 def test_autoencoder_compresses_8x_space_2x_time_and_restore_keeps_odd_shapes(tiny):
-    encoder_args, decoder_args = autoencoder_parts(tiny["autoencoder"])
+    encoder_args, decoder_args = autoencoder_parts(tiny["architecture"]["autoencoder"])
     encoder, decoder = VideoEncoder(**encoder_args), VideoDecoder(**decoder_args)
     latent = encoder(torch.rand(1, 3, 6, 40, 56))
     assert latent.shape == (1, 16, 3, 5, 7)
     assert decoder(latent).shape == (1, 3, 6, 40, 56)
 
-    restorer = build(tiny, "inference").eval()
+    restorer = inference(tiny)
     with torch.no_grad():
         out = restorer.restore(random_video(5, 40, 56))  # odd T, sizes not multiples of 8 after padding
         upscaled = restorer.restore(random_video(3, 20, 28), out_size=(40, 56), task="deflicker")
@@ -84,11 +104,16 @@ def test_decoder_attention_is_its_own_setting_with_the_official_default(tiny):
         decoder, encoder = VideoDecoder(), VideoEncoder()
     assert [level.attentions is not None for level in decoder.levels] == [False, False, True, True]
     assert [level.attentions is not None for level in encoder.levels] == [False, False, False, True]
-    module = build(tiny, "1", autoencoder={**tiny["autoencoder"], "decoder_attention_levels": [1]})
-    assert [level.attentions is not None for level in module.decoder.levels] == [False, True, False, False]
+    architecture = tiny["architecture"]
+    changed = {**architecture, "autoencoder": {**architecture["autoencoder"], "decoder_attention_levels": [1]}}
+    module = build(tiny, "1", architecture=changed)
+    assert [level.attentions is not None for level in module.restorer.decoder.levels] == [False, True, False, False]
     assert [level.attentions is not None for level in module.hq_encoder.levels] == [False, False, False, True]
+    wrong = {**architecture, "autoencoder": {**architecture["autoencoder"], "decoder_attention_levels": [4]}}
     with pytest.raises(ConfigError, match="decoder_attention_levels"):
-        build(tiny, "1", autoencoder={**tiny["autoencoder"], "decoder_attention_levels": [4]})
+        build(tiny, "1", architecture=wrong)
+    with pytest.raises(ConfigError, match="architecture.quantizer"):  # a typo is an error, not ignored
+        build_restorer({**architecture, "quantizer": {**architecture["quantizer"], "codebok_size": 8}})
 
 
 # ---------------------------------------------------------------------- quantizer
@@ -99,7 +124,7 @@ def test_lookup_is_the_brute_force_nearest_code_and_straight_through_reaches_the
     quantizer = SpatioTemporalQuantizer(codebook_size=32, emb_dim=16, temporal_norm_groups=4)
     for codebook in (quantizer.spatial_codebook, quantizer.temporal_codebook):
         torch.nn.init.normal_(codebook.weight)
-    encoder = VideoEncoder(**autoencoder_parts(tiny["autoencoder"])[0])
+    encoder = VideoEncoder(**autoencoder_parts(tiny["architecture"]["autoencoder"])[0])
     z = encoder(torch.rand(2, 3, 4, 16, 24))
     out = quantizer(z)
 
@@ -162,7 +187,7 @@ class FixedBatch(torch.utils.data.Dataset):
         return self.batch
 
 
-def fit(module: BFVRSTCModule, sample: dict, steps: int, root) -> L.Trainer:
+def fit(module: BFVRSTCTraining, sample: dict, steps: int, root) -> L.Trainer:
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=L.pytorch.loggers.CSVLogger(root, name="logs"),
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         log_every_n_steps=1, num_sanity_val_steps=0, limit_val_batches=0)
@@ -180,42 +205,49 @@ def sample(frames: int = 4, size: int = 32) -> dict:
 def test_stage_one_steps_reduce_the_loss_and_the_discriminator_trains(tiny, tmp_path):
     batch = sample()
     gt = batch["gt"][None].transpose(1, 2)
-    module = build(tiny, "1", lr=2e-3, loss={**tiny["loss"], "gan_start_step": 10_000})
+    module = build(tiny, "1", lr=2e-3, objective={"gan_start_step": 10_000})
     with torch.no_grad():
-        before = module.stage_one_losses(gt, adversarial=False)["loss"].item()
+        before = module.objective.losses(module, gt, adversarial=False)["loss"].item()
     fit(module, batch, steps=4, root=tmp_path / "plain")
     with torch.no_grad():
-        after = module.stage_one_losses(gt, adversarial=False)["loss"].item()
+        after = module.objective.losses(module, gt, adversarial=False)["loss"].item()
     assert after < before
 
-    adversarial = build(tiny, "1", lr=2e-3, loss={**tiny["loss"], "gan_start_step": 0})
-    heads = [p.detach().clone() for p in adversarial.discriminator.heads.parameters()]
-    backbone = [p.detach().clone() for p in adversarial.discriminator.backbone.parameters()]
+    adversarial = build(tiny, "1", lr=2e-3, objective={"gan_start_step": 0})
+    discriminator = adversarial.objective.discriminator
+    heads = [p.detach().clone() for p in discriminator.heads.parameters()]
+    backbone = [p.detach().clone() for p in discriminator.backbone.parameters()]
+    untrained = adversarial.restorer.lq_encoder.conv_in.weight.detach().clone()
     trainer = fit(adversarial, batch, steps=2, root=tmp_path / "gan")
     assert trainer.global_step == 2  # one iteration = one step, although two optimisers step
-    assert any(not torch.equal(a, b) for a, b in zip(heads, adversarial.discriminator.heads.parameters()))
-    assert all(torch.equal(a, b) for a, b in zip(backbone, adversarial.discriminator.backbone.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(heads, discriminator.heads.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(backbone, discriminator.backbone.parameters()))
+    assert torch.equal(untrained, adversarial.restorer.lq_encoder.conv_in.weight)  # not a stage-1 network
     metrics = (tmp_path / "gan/logs/version_0/metrics.csv").read_text()
     assert "train/d_loss" in metrics and "train/codebook_usage_spatial" in metrics
     histogram = torch.load(tmp_path / "gan/logs/version_0/codebook_usage/step_0000002.pt")
-    assert histogram["spatial"].sum() > 0 and histogram["spatial"].shape == (tiny["quantizer"]["codebook_size"],)
+    assert histogram["spatial"].sum() > 0 and histogram["spatial"].shape == (tiny["architecture"]["quantizer"]["codebook_size"],)
 
 
 def test_stage_two_steps_reduce_the_loss_keep_stage_one_frozen_and_round_trip_a_checkpoint(tiny, tmp_path):
     stage_one = build(tiny, "1", seed=0)
     module = build(tiny, "2a", seed=1, lr=2e-3)
-    module.init_from_previous_stage(stage_one.state_dict(), "1")
-    assert torch.equal(module.lq_encoder.conv_in.weight, stage_one.hq_encoder.conv_in.weight)
-    assert torch.equal(module.decoder.conv_out.weight, stage_one.decoder.conv_out.weight)
-    frozen = {k: v.clone() for k, v in module.state_dict().items() if k.startswith(("hq_encoder", "quantizer", "decoder"))}
+    trainer_one = fit(stage_one, sample(), steps=1, root=tmp_path / "one")
+    stage_one_file = tmp_path / "stage_1.ckpt"
+    trainer_one.save_checkpoint(stage_one_file)
+    module.init_from_previous_stage(bfvr_restorer.read_restorer_weights(stage_one_file)[0], "1")
+    assert torch.equal(module.restorer.lq_encoder.conv_in.weight, stage_one.hq_encoder.conv_in.weight)
+    assert torch.equal(module.restorer.decoder.conv_out.weight, stage_one.restorer.decoder.conv_out.weight)
+    frozen = {k: v.clone() for k, v in module.state_dict().items()
+              if k.startswith(("hq_encoder", "restorer.quantizer", "restorer.decoder"))}
 
     batch = sample()
     gt, lq = batch["gt"][None].transpose(1, 2), batch["lq"][None].transpose(1, 2)
     with torch.no_grad():
-        before = module.stage_two_losses(gt, lq)["loss"].item()
+        before = module.objective.losses(module, gt, lq)["loss"].item()
     trainer = fit(module, batch, steps=6, root=tmp_path)
     with torch.no_grad():
-        after = module.stage_two_losses(gt, lq)["loss"].item()
+        after = module.objective.losses(module, gt, lq)["loss"].item()
     assert after < before
     assert all(torch.equal(v, module.state_dict()[k]) for k, v in frozen.items())
 
@@ -224,14 +256,12 @@ def test_stage_two_steps_reduce_the_loss_keep_stage_one_frozen_and_round_trip_a_
     video = random_video(6, 32, 32)
     module.eval()
     with torch.no_grad():
-        expected = module.restore(video)
-        restored = load_restorer(tiny, checkpoint).restore(video)
+        expected = module.restorer.restore(video)
+        restored = load(tiny, checkpoint).restore(video)
     assert torch.equal(restored, expected)
 
-    plain_file = tmp_path / "stage_1_state.pt"
-    torch.save(stage_one.state_dict(), plain_file)
     with pytest.raises(ConfigError, match="stage-1 checkpoint"):
-        load_restorer(tiny, plain_file)
+        load(tiny, stage_one_file)  # stage 1 trains no LQ encoder / transformers: its checkpoint holds none
     with pytest.raises(ConfigError, match="hold no"):
         build(tiny, "2b").init_from_previous_stage({"quantizer.spatial_codebook.weight": torch.zeros(32, 16)}, "1")
 
@@ -240,7 +270,7 @@ def test_stage_two_steps_reduce_the_loss_keep_stage_one_frozen_and_round_trip_a_
 
 
 def test_official_layout_key_mapping_round_trip(tiny, tmp_path):
-    original = build(tiny, "inference", seed=2).eval()
+    original = inference(tiny, seed=2)
     mapping = official_key_map(original)
     # the official constructors' block order for ch_mult (1,2,2,2), one res block, attention as official
     assert mapping["encoder.blocks.0.weight"] == "lq_encoder.conv_in.weight"
@@ -258,7 +288,7 @@ def test_official_layout_key_mapping_round_trip(tiny, tmp_path):
     official["s_feat_emb.weight"] = torch.zeros(16, 16)  # built but unused by the official network
     path = tmp_path / "ckpt-bfvr.pth"
     torch.save({"params_ema": official}, path)
-    restorer = load_restorer(tiny, path)
+    restorer = load(tiny, path)
     assert restorer.official_motion_residual
     for key, value in original.state_dict().items():
         assert torch.equal(restorer.state_dict()[key], value), key
@@ -272,7 +302,7 @@ def test_official_layout_key_mapping_round_trip(tiny, tmp_path):
     del official["quantize.embedding_t.weight"]
     torch.save({"params_ema": official}, path)
     with pytest.raises(ConfigError, match="quantize.embedding_t.weight"):
-        load_restorer(tiny, path)
+        load(tiny, path)
 
 
 def official_release_layout(n_layers: int = 9) -> dict[str, tuple[int, ...]]:
@@ -378,9 +408,14 @@ def on_meta(layout: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     return {key: torch.empty(shape, device="meta") for key, shape in layout.items()}
 
 
-def paper_module(**changes) -> BFVRSTCModule:
+def paper_architecture(**changes) -> dict:
+    architecture = OmegaConf.to_container(compose("run", ["method=bfvr_stc"]).method.architecture, resolve=True)
+    return {group: {**options, **changes.get(group, {})} for group, options in architecture.items()}
+
+
+def paper_module(**changes) -> BFVRSTCRestorer:
     with torch.device("meta"):
-        return BFVRSTCModule(stage="inference", **changes)
+        return build_restorer(paper_architecture(**changes))
 
 
 def test_paper_scale_official_layout_matches_the_official_block_order():
@@ -421,10 +456,10 @@ def test_the_official_release_layout_loads_strictly_into_method_bfvr_stc(tmp_pat
     release = on_meta(official_release_layout())
     path = tmp_path / "ckpt-bfvr.pth"
     path.write_bytes(b"stand-in: the state dict comes from read_restorer_weights below")
-    monkeypatch.setattr(bfvr_module, "read_restorer_weights", lambda file: (dict(release), True))
-    module_options = compose("run", ["method=bfvr_stc"]).method.module
-    with torch.device("meta"):  # the paper-scale restorer, shapes only
-        restorer = load_restorer(module_options, path)  # load_inference_weights: load_state_dict(strict=True)
+    monkeypatch.setattr(bfvr_restorer, "read_restorer_weights", lambda file: (dict(release), True))
+    method = compose("run", ["method=bfvr_stc"]).method
+    # the paper-scale restorer, shapes only: built on the meta device, loaded with load_state (strict)
+    restorer = load_restorer(method.architecture, method.restore, path)
     assert restorer.official_motion_residual
     mapped, ignored = from_official(release, paper_module())
     assert set(mapped) == set(restorer.state_dict())
@@ -478,7 +513,7 @@ def test_windows_cross_fade_without_seams_and_keep_every_frame(tiny):
     assert blended[0] == 0 and blended[-1] == len(windows) - 1
     assert (blended[1:] - blended[:-1]).abs().max() <= 1 / 3 + 1e-6  # cross-faded over ≥ 2 frames, never cut
 
-    restorer = build(tiny, "inference", seed=3).eval()
+    restorer = inference(tiny, seed=3)
     constant = random_video(1, 32, 32).expand(1, 30, 3, 32, 32)
     with torch.no_grad():
         restored = restorer.restore(constant)
@@ -496,16 +531,17 @@ def test_paper_scale_restorer_without_weights_stops_before_building(tmp_path, mo
     def never(*args, **kwargs):
         raise AssertionError("the network was built before the weights check")
 
-    monkeypatch.setattr(BFVRSTCModule, "__init__", never)
+    monkeypatch.setattr(BFVRSTCRestorer, "__init__", never)
     cfg = compose("run", ["method=bfvr_stc"])
     with pytest.raises(WeightsMissingError, match="ckpt-bfvr.pth"):
-        load_restorer(cfg.method.module, None)
+        load_restorer(cfg.method.architecture, cfg.method.restore, None)
     with pytest.raises(WeightsMissingError, match="missing.ckpt"):
-        load_restorer(cfg.method.module, tmp_path / "missing.ckpt")
+        load_restorer(cfg.method.architecture, cfg.method.restore, tmp_path / "missing.ckpt")
 
 
 def test_dinov2_release_keys_load_into_the_timm_backbone(tiny, tmp_path):
-    options = {k: v for k, v in tiny["discriminator"].items() if k != "weights_path"}
+    options = {k: v for k, v in tiny["train"]["objectives"]["codebook_learning"]["discriminator"].items()
+               if k not in ("weights_path", "pretrained", "_target_")}
     torch.manual_seed(0)
     source = DinoDiscriminator(**options)
     release = dict(source.backbone.state_dict())
@@ -528,9 +564,9 @@ def test_dinov2_release_keys_load_into_the_timm_backbone(tiny, tmp_path):
 
 def test_minmax_stretch_is_off_by_default_recorded_and_stretches_each_clip_when_on(tiny, tmp_path):
     cfg = compose("run", ["method=bfvr_stc", f"paths.output_dir={tmp_path}"])
-    assert cfg.method.module.restore.minmax_stretch is False
-    assert run_identity(cfg)["method"]["module"]["restore"]["minmax_stretch"] is False  # run.json / config.yaml
-    assert build(tiny, "inference").restore_settings["minmax_stretch"] is False
+    assert cfg.method.restore.minmax_stretch is False
+    assert run_identity(cfg)["method"]["restore"]["minmax_stretch"] is False  # run.json / config.yaml
+    assert inference(tiny).restore_settings["minmax_stretch"] is False
 
     clips = torch.stack([torch.linspace(0.2, 0.6, 2 * 3 * 3 * 2 * 2).reshape(2, 3, 3, 2, 2),
                          torch.full((2, 3, 3, 2, 2), 0.3)])  # (B=2, T, C, H, W); the second is constant
@@ -539,8 +575,8 @@ def test_minmax_stretch_is_off_by_default_recorded_and_stretches_each_clip_when_
     assert torch.equal(stretched[1], clips[1])  # constant: unchanged, no 0/0
 
     video = random_video(6, 32, 32)
-    off = build(tiny, "inference", seed=4).eval()
-    on = build(tiny, "inference", seed=4, restore={**tiny["restore"], "minmax_stretch": True}).eval()
+    off = inference(tiny, seed=4)
+    on = inference(tiny, seed=4, minmax_stretch=True)
     with torch.no_grad():
         plain_out, stretched_out = off.restore(video), on.restore(video)
     low, high = plain_out.min(), plain_out.max()
@@ -554,7 +590,7 @@ def test_paper_scale_restore_on_cuda_fused_matches_naive_attention():
     from fvr_bench.methods.bfvr_stc.autoencoder import set_fused_attention
 
     torch.manual_seed(0)
-    restorer = BFVRSTCModule(stage="inference").cuda().eval()
+    restorer = build_restorer(paper_architecture()).cuda().eval()
     window = torch.rand(1, 3, 8, 256, 256, device="cuda")
     with torch.inference_mode():
         _, fused_spatial, fused_temporal = restorer.code_logits(window)
@@ -567,3 +603,40 @@ def test_paper_scale_restore_on_cuda_fused_matches_naive_attention():
     assert (fused_spatial.argmax(-1) == naive_spatial.argmax(-1)).float().mean() > 0.99
     assert (fused_temporal.argmax(-1) == naive_temporal.argmax(-1)).float().mean() > 0.99
     assert restored.shape == (1, 24, 3, 512, 512) and torch.isfinite(restored).all()
+
+
+# ---------------------------------------------------------------------- export
+
+
+def test_export_reloads_memory_mapped_into_bf16_built_on_meta(tiny, tmp_path, monkeypatch):
+    from fvr_bench.training.export import export_command
+
+    original = inference(tiny, seed=6)
+    plain_file = tmp_path / "stage_2b" / "checkpoints" / "last.pt"
+    plain_file.parent.mkdir(parents=True)
+    torch.save({f"restorer.{k}": v for k, v in original.state_dict().items()}, plain_file)
+    exported = export_command([str(plain_file), "method=bfvr_stc_tiny"])
+    assert exported == tmp_path / "stage_2b" / "restorer.safetensors"
+    recorded = json.loads((tmp_path / "stage_2b" / "restorer.json").read_text())
+    assert recorded == {"method": "bfvr_stc", "architecture": tiny["architecture"]}
+
+    built = []
+    real_build = bfvr_restorer.build_restorer
+
+    def watched(*args, **kwargs):  # every parameter of the networks is created on the meta device
+        restorer = real_build(*args, **kwargs)
+        built.append({t.device.type for t in restorer.state_dict().values()})
+        return restorer
+
+    monkeypatch.setattr(bfvr_restorer, "build_restorer", watched)
+    restorer = load(tiny, exported, dtype="bfloat16")
+    assert built == [{"meta"}]
+    state = restorer.state_dict()
+    assert set(state) == set(original.state_dict())
+    for key, value in original.state_dict().items():
+        assert state[key].dtype == torch.bfloat16 and state[key].device.type == "cpu", key
+        assert torch.equal(state[key], value.to(torch.bfloat16)), key
+
+    other = {**tiny["architecture"], "quantizer": {**tiny["architecture"]["quantizer"], "codebook_size": 16}}
+    with pytest.raises(ConfigError, match="architecture.quantizer.codebook_size=32"):
+        load_restorer(other, tiny["restore"], exported)

@@ -11,15 +11,17 @@ from omegaconf import OmegaConf, open_dict
 from fvr_bench.config import compose
 from fvr_bench.data.folder import ClipFolderDataset
 from fvr_bench.errors import ConfigError
+from fvr_bench.state_dicts import read_state
 from fvr_bench.training.checkpoints import load_weights
 from fvr_bench.training.data import ClipWindows, ping_pong
 from fvr_bench.training.run import train
 
+TOY_MODULE = {"_target_": "toy_training.ToyTraining", "restorer": {"_target_": "toy_training.ToyRestorer", "width": 4}}
 TOY_STAGES = {
     "1": {"degradation": "vividface_bfr", "frames": 4, "size": 32, "batch_size": 2, "max_steps": 3,
-          "init_from": None, "ema": 0.9, "precision": "32-true", "lr": 0.02},
+          "init_from": None, "ema": 0.9, "precision": "32-true", "lr": 0.02, "module": {"lr": "${..lr}"}},
     "2": {"degradation": None, "frames": 4, "size": 32, "batch_size": 2, "max_steps": 2, "init_from": "1",
-          "ema": None, "precision": "32-true", "lr": 0.01},
+          "ema": None, "precision": "32-true", "lr": 0.01, "module": {"lr": "${..lr}", "freeze_head": True}},
 }
 
 
@@ -28,8 +30,7 @@ def toy_cfg(data_dir, tmp_path, stage, *extra):
                             f"paths.cache_dir={tmp_path / 'cache'}", "method=bicubic", "trainer=cpu",
                             "trainer.enable_progress_bar=false", f"stage={stage}", "checkpoint_every=2", *extra])
     with open_dict(cfg):
-        cfg.method.module = {"_target_": "toy_training.ToyRestorer", "width": 4}
-        cfg.method.train = {"stages": TOY_STAGES}
+        cfg.method.train = {"module": TOY_MODULE, "stages": TOY_STAGES}
     return cfg
 
 
@@ -72,9 +73,15 @@ def test_train_resume_ema_and_stage_chaining(tiny_data_dir, tmp_path, one_torch_
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == 3
     ema, raw = checkpoint["ema_state_dict"], checkpoint["state_dict"]
-    assert set(ema) == set(raw) and not torch.equal(ema["head.weight"], raw["head.weight"])
-    assert torch.equal(load_weights(run_dir / "checkpoints" / "last.ckpt")["head.weight"], ema["head.weight"])
+    assert set(ema) == set(raw) and not torch.equal(ema["restorer.head.weight"], raw["restorer.head.weight"])
+    assert torch.equal(load_weights(run_dir / "checkpoints" / "last.ckpt")["restorer.head.weight"], ema["restorer.head.weight"])
     assert (run_dir / "checkpoints" / "step0000002.ckpt").is_file()
+    # the weights-only export: the restorer's EMA weights and its architecture
+    exported = read_state(run_dir / "restorer.safetensors")
+    assert summary["export"] == str(run_dir / "restorer.safetensors")
+    assert set(exported) == {"head.weight", "head.bias", "tail.weight", "tail.bias"}
+    assert torch.equal(exported["head.weight"], ema["restorer.head.weight"])
+    assert json.loads((run_dir / "restorer.json").read_text()) == {"method": "toy", "architecture": {"width": 4}}
 
     # started again with more steps: resumes at step 3, does not start over
     resumed = train(toy_cfg(tiny_data_dir, tmp_path, "1", "val_clips=[carphone_001]", "max_steps=5"))
@@ -86,19 +93,19 @@ def test_train_resume_ema_and_stage_chaining(tiny_data_dir, tmp_path, one_torch_
     stage2 = train(toy_cfg(tiny_data_dir, tmp_path, "2", "val_clips=[carphone_001]"))
     after = torch.load(stage2 / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     stage1 = load_weights(resumed / "checkpoints" / "last.ckpt")
-    assert torch.equal(after["head.weight"], stage1["head.weight"])
-    assert not torch.equal(after["tail.weight"], stage1["tail.weight"])
+    assert torch.equal(after["restorer.head.weight"], stage1["restorer.head.weight"])
+    assert not torch.equal(after["restorer.tail.weight"], stage1["restorer.tail.weight"])
 
 
 def test_an_interrupted_stage_leaves_a_resumable_checkpoint(tiny_data_dir, tmp_path, one_torch_thread):
     cfg = toy_cfg(tiny_data_dir, tmp_path, "1", "max_steps=4", "checkpoint_every=1000")
     with open_dict(cfg):
-        cfg.method.module.interrupt_at_step = 2
+        cfg.method.train.module.interrupt_at_step = 2
     with pytest.raises(SystemExit):  # Lightning shuts down gracefully, then exits
         train(cfg)
     last = tmp_path / "outputs" / "train" / "sample" / "bicubic" / "stage_1" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["global_step"] == 2
-    cfg.method.module.interrupt_at_step = None
+    cfg.method.train.module.interrupt_at_step = None
     run_dir = train(cfg)
     summary = json.loads((run_dir / "train.json").read_text())
     assert summary["global_step"] == 4 and summary["resumed_from"]

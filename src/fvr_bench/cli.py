@@ -29,6 +29,7 @@ commands:
   weights       weights status | weights fetch <name>   (the only command that downloads)
   plot          kind=scatter|distribution|profile metric=<id> [clip=<id>] [column=<x>] [out=<dir>]
   table         table=<paper table id> [format=md|latex|csv|all]: reported and measured rows side by side
+  export        <checkpoint> [--out <folder>] method=<m>: weights-only restorer.safetensors + restorer.json for run
 """
 
 LIST_GROUPS = {"methods": "method", "method": "method", "data": "data", "degradations": "degradation",
@@ -291,6 +292,15 @@ def table_command(args: list[str]) -> None:
         fail(str(error))
 
 
+def export_command(args: list[str]) -> None:
+    from fvr_bench.training.export import export_command as export
+
+    try:
+        export(args)
+    except FvrBenchError as error:
+        fail(str(error))
+
+
 def plot_command(args: list[str]) -> None:
     from fvr_bench.tables.plots import plot_command as draw
 
@@ -312,6 +322,7 @@ COMMANDS = {
     "weights": weights_command,
     "table": table_command,
     "plot": plot_command,
+    "export": export_command,
 }
 
 

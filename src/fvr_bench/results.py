@@ -49,7 +49,6 @@ import pandas as pd
 from fvr_bench.errors import ResultsMismatchError, RunInProgressError
 from fvr_bench.io import atomic_write_bytes, atomic_write_text, csv_text, read_rows
 
-# (methods/vividface and training still import atomic_write_bytes/atomic_write_text from here; fvr_bench.io is their home)
 
 PER_CLIP_COLUMNS = ["clip_id", "metric", "value", "higher_is_better", "provenance_id", "frames", "note"]
 SUMMARY_COLUMNS = ["metric", "value", "std", "n_clips", "higher_is_better", "provenance_id", "note"]

@@ -1,5 +1,5 @@
 """Restorers: the reimplemented methods and the baselines."""
 
-from fvr_bench.methods.base import Restorer, RestorerModule
+from fvr_bench.methods.base import NetworkRestorer, Restorer, TrainingModule
 
-__all__ = ["Restorer", "RestorerModule"]
+__all__ = ["NetworkRestorer", "Restorer", "TrainingModule"]

@@ -8,15 +8,17 @@ How a method handles long videos (windows, blending, noise sharing) lives behind
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
-
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fvr_bench.degradations.base import TASKS  # noqa: F401  (re-exported: the tasks a restorer may get)
+from fvr_bench.errors import ConfigError
 
 
 @runtime_checkable
@@ -45,11 +47,13 @@ class Restorer(Protocol):
         ...
 
 
-class RestorerModule(L.LightningModule):
-    """Base of the reimplemented methods: Lightning for training, ``restore`` for inference.
+class NetworkRestorer(nn.Module):
+    """Base of the reimplemented methods' restorers: a plain ``nn.Module`` whose networks are
+    injected, with ``restore`` for inference (no Lightning, no losses).
 
-    Subclasses implement ``restore``; ``size_multiple`` says what spatial size the network
-    needs — :func:`pad_to_multiple` and :func:`crop_to` keep any input size working.
+    ``size_multiple`` says what spatial size the networks need — :func:`pad_to_multiple` and
+    :func:`crop_to` keep any input size working. :meth:`export_config` is the small JSON that
+    an export (``restorer.safetensors`` + ``restorer.json``) records next to the weights.
     """
 
     name: str = "restorer"
@@ -57,6 +61,46 @@ class RestorerModule(L.LightningModule):
 
     def restore(self, lq: torch.Tensor, **kwargs) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def export_config(self) -> dict[str, Any]:
+        """What an export records next to the weights (the architecture options)."""
+        return {"method": self.name}
+
+
+class TrainingModule(L.LightningModule):
+    """The contract between ``python -m fvr_bench train`` and a method's training module.
+
+    * ``restorer``: the :class:`NetworkRestorer` being trained; its ``restorer.*`` weights are
+      what the stage exports (``<stage dir>/restorer.safetensors``) and what ``run`` loads.
+    * :meth:`init_from_previous_stage` receives the previous stage's weights (EMA when kept)
+      and decides what to copy and freeze.
+    * :meth:`prepare` runs once before fitting (e.g. pre-extracting latents); default: nothing.
+
+    Everything a stage changes (its loss objects, what it trains) comes from
+    ``train.stages.<s>.module`` in ``conf/method/<m>.yaml``, instantiated by Hydra.
+    """
+
+    restorer: NetworkRestorer
+
+    def init_from_previous_stage(self, state_dict: Mapping[str, torch.Tensor], previous_stage: str) -> None:
+        raise ConfigError(f"{type(self).__name__} cannot start from stage {previous_stage}'s weights")
+
+    def prepare(self, dataloader, cache_dir: Path) -> None:
+        """Called by ``train`` before fitting when the stage sets ``pre_extract: true``."""
+        return None
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def parse_dtype(name: str | torch.dtype, option: str) -> torch.dtype:
+    """``"bfloat16"`` (or a ``torch.dtype``) → the dtype; anything else names ``option``."""
+    if isinstance(name, torch.dtype):
+        return name
+    dtype = DTYPES.get(str(name).removeprefix("torch."))
+    if dtype is None:
+        raise ConfigError(f"{option}={name!r}: one of {', '.join(DTYPES)}")
+    return dtype
 
 
 def resize_video(frames: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:

@@ -71,6 +71,7 @@ from fvr_bench import weights
 from fvr_bench.errors import ConfigError
 from fvr_bench.metrics.base import VideoMetric
 from fvr_bench.metrics.fidelity import quantize_8bit
+from fvr_bench.state_dicts import read_file as _load_file  # also imported by musiq, fastervqa
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +158,6 @@ def load_features_state(features: nn.Sequential, state: dict[str, torch.Tensor],
             raise ConfigError(f"{source}: features.{key} has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}")
     features.load_state_dict({k: v.float() for k, v in picked.items()}, strict=True)
     return {"used": sorted(f"features.{k}" for k in picked), "ignored": ignored}
-
-
-def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ConfigError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return state
 
 
 # --------------------------------------------------------------------------- file checks

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fvr_bench.results import atomic_write_bytes
+from fvr_bench.io import atomic_write_bytes
 
 
 def read_logged(log_root: Path) -> pd.DataFrame:

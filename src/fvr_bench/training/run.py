@@ -1,16 +1,16 @@
 """``python -m fvr_bench train method=<m> stage=<s> data=<GT set>``: one training stage with Lightning.
 
-What runs comes from the config (see :mod:`fvr_bench.training`): the method's ``module``,
+What runs comes from the config (see :mod:`fvr_bench.training`): the method's ``train.module``,
 its ``train.stages.<s>`` (degradation, window, batch, steps, precision, EMA, which earlier
 stage initialises it) and ``trainer`` (devices, strategy). The run directory
 ``<output_dir>/train/<data>/<method>/stage_<s>/`` holds ``checkpoints/`` (``last.ckpt`` and
-periodic ones), ``logs/`` (CSV), ``loss_curves.png``, ``config.yaml`` and ``train.json``.
+periodic ones), ``logs/`` (CSV), ``loss_curves.png``, ``config.yaml``, ``train.json`` and, unless
+the stage sets ``export: false``, the weights-only export ``restorer.safetensors`` + ``restorer.json``.
 Started again, a stage resumes from ``last.ckpt`` (optimiser, step counter and EMA included).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 from pathlib import Path
@@ -52,18 +52,22 @@ def split_clips(cfg: DictConfig, dataset) -> list[str]:
 
 
 def build_module(cfg: DictConfig, options: DictConfig):
-    """The method's LightningModule for this stage, built from plain Python values (so its
-    saved hyperparameters load with ``torch.load(weights_only=True)`` on resume); modules that
-    take ``stage_options`` get the stage's mapping (learning rate, loss switches) too."""
-    from hydra.utils import get_class
+    """The method's training module for this stage: ``method.train.module`` with the stage's
+    ``train.stages.<s>.module`` merged over it (both resolved in place, so a stage's
+    ``${..lr}`` is its own), instantiated by Hydra (nested ``_target_`` nodes included)."""
+    from fvr_bench.config import build
+    from fvr_bench.methods.base import TrainingModule
 
-    params = OmegaConf.to_container(cfg.method.module, resolve=True)
-    cls = get_class(params.pop("_target_"))
-    params.pop("_recursive_", None)
-    params["stage"] = str(cfg.stage)
-    if "stage_options" in inspect.signature(cls.__init__).parameters:
-        params["stage_options"] = OmegaConf.to_container(options, resolve=True)
-    return cls(**params)
+    common = OmegaConf.select(cfg, "method.train.module")
+    if common is None:
+        raise ConfigError(f"method {cfg.method.name!r} has no train.module in conf/method/{cfg.method.name}.yaml")
+    node = OmegaConf.merge(OmegaConf.to_container(common, resolve=True),
+                           OmegaConf.to_container(options.get("module") or {}, resolve=True))
+    module = build(node, f"method {cfg.method.name} stage {cfg.stage} training module")
+    if not isinstance(module, TrainingModule):
+        raise ConfigError(f"method.train.module of {cfg.method.name!r} builds a {type(module).__name__}, "
+                          "not a fvr_bench.methods.base.TrainingModule")
+    return module
 
 
 def train(cfg: DictConfig) -> Path:
@@ -75,11 +79,12 @@ def train(cfg: DictConfig) -> Path:
 
     from fvr_bench.config import build
     from fvr_bench.degradations import build_degradation
-    from fvr_bench.results import atomic_write_text
+    from fvr_bench.io import atomic_write_text
     from fvr_bench.training.checkpoints import load_weights
     from fvr_bench.training.curves import plot_curves
     from fvr_bench.training.data import ClipWindowDataModule, ClipWindows
     from fvr_bench.training.ema import EMA
+    from fvr_bench.training.export import restorer_state, write_export
 
     options = stage_options(cfg)
     stage = str(cfg.stage)
@@ -118,8 +123,8 @@ def train(cfg: DictConfig) -> Path:
         module.init_from_previous_stage(load_weights(init_path), str(previous))
         log.info("stage %s initialised from %s", stage, init_path)
 
-    if options.get("pre_extract") and hasattr(module, "pre_extract"):
-        module.pre_extract(datamodule.ordered_dataloader(), run_dir.parent / "latents")
+    if options.get("pre_extract"):
+        module.prepare(datamodule.ordered_dataloader(), run_dir.parent / "latents")
 
     callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=-1,
                                  every_n_train_steps=int(cfg.checkpoint_every), filename="step{step:07d}",
@@ -139,11 +144,14 @@ def train(cfg: DictConfig) -> Path:
     trainer.save_checkpoint(last)
 
     if trainer.is_global_zero:
+        exported = None
+        if options.get("export", True):  # the stage's restorer, weights only (EMA when kept)
+            exported = write_export(restorer_state(load_weights(last)), module.restorer.export_config(), run_dir)
         curves = plot_curves(run_dir / "logs", run_dir / "loss_curves.png")
         summary = {"method": cfg.method.name, "stage": stage, "data": cfg.data.name, "train_clips": windows.clip_ids,
                    "val_clips": list(cfg.val_clips or []), "global_step": trainer.global_step, "max_steps": max_steps,
                    "resumed_from": str(last) if resuming else None, "init_from": previous,
                    "degradation": options.get("degradation"), "loss_curves": str(curves) if curves else None,
-                   "last_checkpoint": str(last)}
+                   "last_checkpoint": str(last), "export": str(exported) if exported else None}
         atomic_write_text(run_dir / "train.json", json.dumps(summary, indent=2))
     return run_dir

@@ -42,7 +42,7 @@ from fvr_bench.errors import ConfigError
 NORM_EPS = 1e-6  # the official GroupNorm eps
 
 
-def group_norm(channels: int, groups: int, option: str = "module.autoencoder.norm_groups") -> nn.GroupNorm:
+def group_norm(channels: int, groups: int, option: str = "architecture.autoencoder.norm_groups") -> nn.GroupNorm:
     """GroupNorm(groups, channels, eps=1e-6, affine) — refuses a group count that does not divide."""
     if channels % groups:
         raise ConfigError(f"{option}={groups} does not divide {channels} channels (conf/method/<m>.yaml); "
@@ -187,11 +187,11 @@ def check_layout(ch_mult: Sequence[int], attention_levels: Sequence[int], tempor
     """Refuse level indices outside the network; ``attention_option`` names the config key."""
     levels = len(ch_mult)
     if levels < 2:
-        raise ConfigError(f"module.autoencoder.ch_mult={list(ch_mult)}: needs at least two levels")
+        raise ConfigError(f"architecture.autoencoder.ch_mult={list(ch_mult)}: needs at least two levels")
     if any(not 0 <= i < levels for i in attention_levels):
-        raise ConfigError(f"module.autoencoder.{attention_option}={list(attention_levels)}: levels are 0…{levels - 1}")
+        raise ConfigError(f"architecture.autoencoder.{attention_option}={list(attention_levels)}: levels are 0…{levels - 1}")
     if any(not 0 <= i < levels - 1 for i in temporal_downsample_levels):
-        raise ConfigError(f"module.autoencoder.temporal_downsample_levels={list(temporal_downsample_levels)}: "
+        raise ConfigError(f"architecture.autoencoder.temporal_downsample_levels={list(temporal_downsample_levels)}: "
                           f"only the {levels - 1} transitions 0…{levels - 2} resample")
 
 

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fvr_bench import weights
-from fvr_bench.metrics.perceptual import LPIPSNet, _load_file, build_lpips_net
+from fvr_bench.metrics.perceptual import LPIPSNet, build_lpips_net
+from fvr_bench.state_dicts import read_file
 
 
 def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -66,5 +67,5 @@ def build_perceptual_loss(pretrained: bool, lin_path: str | Path | None = None,
         return VideoLPIPS(build_lpips_net("vgg", None, None))
     lin_file = weights.locate("lpips_vgg_lin", lin_path, verify=True)
     backbone_file = weights.locate("torchvision_vgg16", backbone_path, verify=True)
-    lin_state, backbone_state = _load_file(lin_file), _load_file(backbone_file)
+    lin_state, backbone_state = read_file(lin_file), read_file(backbone_file)
     return VideoLPIPS(build_lpips_net("vgg", lin_state, backbone_state))

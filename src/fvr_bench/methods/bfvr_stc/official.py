@@ -100,8 +100,8 @@ def _block_keys(blocks: list[nn.Module], root: nn.Module, official_prefix: str, 
 
 def _transformer_keys(transformer: LookupTransformer, letter: str, our_prefix: str) -> dict[str, str]:
     if not isinstance(transformer.input_projection, nn.Identity):
-        raise ConfigError("the official layout feeds the latent to the transformers directly: module.transformer.dim "
-                          "must equal module.autoencoder.emb_dim to use official weights")
+        raise ConfigError("the official layout feeds the latent to the transformers directly: architecture.transformer.dim "
+                          "must equal architecture.autoencoder.emb_dim to use official weights")
     mapping = {f"position_emb_{letter}": f"{our_prefix}.position_embedding",
                f"{letter}_idx_pred_layer.0.weight": f"{our_prefix}.output_norm.weight",
                f"{letter}_idx_pred_layer.0.bias": f"{our_prefix}.output_norm.bias",
@@ -146,7 +146,7 @@ def _canonical(key: str, value: object) -> object:
 def release_differences(module: nn.Module) -> list[str]:
     """``"group.option=value (release: value)"`` for every architecture option of ``module``'s
     configuration that differs from the release ``ckpt-bfvr.pth`` (:data:`RELEASE_SETTINGS`)."""
-    hparams = getattr(module, "hparams", None) or {}
+    hparams = getattr(module, "architecture", None) or getattr(module, "hparams", None) or {}
     differences = []
     for group, release in RELEASE_SETTINGS.items():
         given = hparams.get(group) or {}
@@ -205,8 +205,8 @@ def fit_report(state: Mapping[str, torch.Tensor], mapping: Mapping[str, str], ow
                 f"conf/method/bfvr_stc.yaml; this configuration differs in {', '.join(differences)}")
     else:
         hint = ("this configuration already has the release ckpt-bfvr.pth architecture, so the file holds another "
-                "network (e.g. the official deflicker releases: module.transformer.layers=6 heads=4) or is damaged; "
-                "set method.module.* to the file's architecture")
+                "network (e.g. the official deflicker releases: architecture.transformer.layers=6 heads=4) or is damaged; "
+                "set method.architecture.* to the file's architecture")
     return f"official BFVR-STC weights do not fit this configuration: {'; '.join(t for _, t in problems)}. {hint}"
 
 

@@ -35,7 +35,7 @@ class PositionalSelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         if dim % heads:
-            raise ConfigError(f"module.transformer.dim={dim} is not divisible by heads={heads}")
+            raise ConfigError(f"architecture.transformer.dim={dim} is not divisible by heads={heads}")
         self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))

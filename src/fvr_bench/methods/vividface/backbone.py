@@ -26,7 +26,7 @@ from torch import nn
 
 from fvr_bench import weights
 from fvr_bench.errors import ConfigError, WeightsMissingError
-from fvr_bench.results import atomic_write_bytes
+from fvr_bench.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

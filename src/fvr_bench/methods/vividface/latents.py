@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from fvr_bench.errors import ConfigError
-from fvr_bench.results import atomic_write_bytes
+from fvr_bench.io import atomic_write_bytes
 
 META = "meta.json"
 

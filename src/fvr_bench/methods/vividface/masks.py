@@ -91,12 +91,12 @@ class MediaPipeHullParser:
     name = "mediapipe"
 
     def __init__(self) -> None:
-        from fvr_bench.metrics.backends.faces import MediaPipeMesh
+        from fvr_bench.faces.mediapipe import MediaPipeMesh
 
         self.mesh = MediaPipeMesh()
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        from fvr_bench.metrics.backends.faces import Frame, to_uint8_frames
+        from fvr_bench.faces.frames import Frame, to_uint8_frames
 
         images = to_uint8_frames(frames)
         masks = np.zeros((len(images), 1, *images.shape[1:3]), dtype=np.uint8)
