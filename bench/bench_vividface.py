@@ -9,7 +9,7 @@ GPU memory are split into VAE encode / one DiT evaluation / VAE decode, for a na
 (plain bf16, PyTorch defaults) and the optional speed-ups in the same run:
 
 * ``benchmark``     — ``torch.backends.cudnn.benchmark = True`` (the VAE is all 3-D convolutions);
-* ``compile``       — ``benchmark`` + ``torch.compile`` of the DiT (the module's ``compile_transformer``);
+* ``compile``       — ``benchmark`` + ``torch.compile`` of the DiT (``method.restorer.compile_transformer``);
 * ``channels_last`` — ``benchmark`` + the VAE in ``channels_last_3d`` memory format;
 * ``tiling``        — the naive path with diffusers' spatial VAE tiling (less memory, not faster).
 
@@ -33,7 +33,7 @@ from fvr_bench.methods.vividface.backbone import (
     decode_latents,
     encode_frames,
 )
-from fvr_bench.methods.vividface.module import VividFaceModule
+from fvr_bench.methods.vividface.restorer import VividFaceRestorer, build_restorer
 
 TINY_TRANSFORMER = {"patch_size": [1, 2, 2], "num_attention_heads": 2, "attention_head_dim": 12, "in_channels": 16, "out_channels": 16,
                         "text_dim": 32, "freq_dim": 256, "ffn_dim": 32, "num_layers": 2, "cross_attn_norm": True,
@@ -48,7 +48,7 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def build(tiny: bool, device: torch.device, cache: Path, variant: str) -> VividFaceModule:
+def build(tiny: bool, device: torch.device, cache: Path, variant: str) -> VividFaceRestorer:
     """A restorer with random weights: paper-size (or tiny) DiT and VAE, a random cached text embedding."""
     transformer, vae = (TINY_TRANSFORMER, TINY_VAE) if tiny else (WAN21_T2V_1_3B_TRANSFORMER, WAN21_VAE)
     text_dim, length = transformer["text_dim"], (16 if tiny else 512)
@@ -56,12 +56,11 @@ def build(tiny: bool, device: torch.device, cache: Path, variant: str) -> VividF
         torch.save({"embedding": torch.randn(1, length, text_dim)}, cache)
     dtype = "float32" if device.type == "cpu" else "bfloat16"
     with torch.device(device):  # initialise 1.3 B parameters where they will live
-        module = VividFaceModule(
-            stage=None, allow_random_weights=True, inference_dtype=dtype, vae_dtype=dtype,
-            compile_transformer=variant == "compile",
+        module = build_restorer(
             backbone={"transformer": transformer, "vae": vae, "max_sequence_length": length, "text_embedding_cache": str(cache)},
+            allow_random_weights=True,
         )
-    module.to(device).prepare_for_inference()
+    module.to(device).for_inference(dtype, dtype, compile_transformer=variant == "compile")
     if variant == "channels_last":
         for layer in module.vae.modules():  # only 5-D weights have a 3-D channels-last layout
             if isinstance(layer, torch.nn.Conv3d):
@@ -89,7 +88,7 @@ def measure(function, device: torch.device, repeats: int) -> tuple[float, float 
 
 
 @torch.inference_mode()
-def bench_variant(module: VividFaceModule, variant: str, clip: torch.Tensor, repeats: int) -> str:
+def bench_variant(module: VividFaceRestorer, variant: str, clip: torch.Tensor, repeats: int) -> str:
     """One table row: encode / DiT / decode / sum / the whole windowed ``restore``."""
     device = clip.device
     encode_s, encode_peak, latents = measure(lambda: encode_frames(module.vae, clip), device, repeats)

