@@ -143,7 +143,8 @@ def test_paper_protocol_runs_every_offline_column(tiny_data_dir, tmp_path):
     assert measured["value"].notna().all()
     for metric_id in set(table.index) - set(measured.index):
         assert "missing pretrained file" in table.loc[metric_id, "note"]
-        assert any(weights.find(name) is None for name in weights.REGISTRY if metric_id in weights.REGISTRY[name].used_by)
+        names = table.loc[metric_id, "note"].split("missing pretrained file(s) ")[1].split(", ")
+        assert names and all(weights.find(name) is None for name in names), names
 
 
 # --------------------------------------------------------------------------- nothing silently wrong
@@ -263,3 +264,54 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
         holder.wait()
     with RunLock(tmp_path):
         pass
+
+
+# --------------------------------------------------------------------------- the two metric kinds
+
+
+def test_the_evaluator_scores_statelessly_and_never_calls_update(tiny_data_dir, tmp_path, monkeypatch):
+    """Clip metrics through ``score()`` only, set metrics through ``features()`` / ``value()``:
+    no metric accumulates state over a run (issue 11, item 4)."""
+    from fvr_bench import weights
+    from fvr_bench.evaluate import Evaluator
+    from fvr_bench.metrics.base import ClipMetric, SetMetric
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"the evaluator called {type(self).__name__}.update")
+
+    monkeypatch.setattr(ClipMetric, "update", refuse)
+    monkeypatch.setattr(SetMetric, "update", refuse)
+    extra = ["metrics=fidelity"]
+    with_fvd = weights.find("i3d_kinetics400") is not None
+    if with_fvd:
+        extra.append("+metrics.items.fvd={_target_: fvr_bench.metrics.distribution.FVD, resolution: 32, trace_sqrt: svd}")
+    evaluator = Evaluator(compose("run", overrides(tiny_data_dir, tmp_path, *extra)))
+    evaluator.run()
+    clip_metrics = [m for m in evaluator.metrics.values() if isinstance(m, ClipMetric)]
+    assert clip_metrics and all(m.per_clip().numel() == 0 for m in clip_metrics)
+    table = summary(evaluator.run_dir)
+    assert (table.loc[[m.metric_id for m in clip_metrics], "n_clips"] == 2).all()
+    if with_fvd:
+        fvd = evaluator.metrics["fvd"]
+        assert isinstance(fvd, SetMetric) and all(a.shape[0] == 0 for a in fvd.stacked_features().values())
+        stored = evaluator.store.load_features("fvd", evaluator.clip_ids())
+        expected = fvd.value({name: torch.from_numpy(array) for name, array in stored.items()})
+        assert table.loc["fvd", "value"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_score_is_stateless(tiny_data_dir):
+    from fvr_bench.metrics.face import IDSDlib
+    from fvr_bench.metrics.fidelity import PSNR
+
+    clip = read_frame_folder(tiny_data_dir / "sample" / "gt" / "carphone_000")
+    target = torch.from_numpy(clip).permute(0, 3, 1, 2)[None].float()
+    preds = (target + 0.02 * torch.randn(target.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    for metric in (PSNR(), IDSDlib()):
+        first = metric.score(preds, target)
+        second = metric.score(preds, target)
+        assert first.dtype == torch.float64 and first.shape == (1,)
+        assert torch.equal(first, second) or torch.isnan(first).all() and torch.isnan(second).all()
+        assert metric.per_clip().numel() == 0 and len(metric.values) == 0  # nothing grows
+        assert len(metric.last_notes) == 1 and metric.last_notes[0][0] <= clip.shape[0]
+        metric.update(preds, target)  # the torchmetrics API still accumulates, for library users
+        assert torch.equal(metric.per_clip(), first) or torch.isnan(metric.per_clip()).all()

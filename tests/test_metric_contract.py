@@ -4,7 +4,8 @@ Each metric is built the way the evaluator builds it — from the composed run c
 the run-level keys the metric configs interpolate (``compat``) resolve — and checked for:
 
 * identity: ``metric_id`` is the file stem; ``higher_is_better`` / ``needs_reference`` are
-  bools; ``level`` is frame | clip | set;
+  bools; ``level`` is frame | clip | set; the kind: a ``ClipMetric`` (``level`` frame or
+  clip) or a ``SetMetric`` (``level`` set), never both;
 * provenance: a ``Provenance`` whose id starts with ``<metric_id>@`` and is the same for two
   builds of the same config;
 * missing pretrained files (``missing_weights()`` non-empty, as in CI where user-supplied
@@ -12,8 +13,9 @@ the run-level keys the metric configs interpolate (``compat``) resolve — and c
   nothing is downloaded: every socket connect fails in this module);
 * with its files present, on real face frames (the sample builder's 192² carphone clip,
   9 frames — NIQE needs at least 96×192):
-  shapes (``update`` adds one value per clip; set level: ``clip_features`` gives ``(B, D)``
-  arrays and ``set_value`` a float), determinism (the same input again, as a fresh copy,
+  shapes (clip metrics: ``score`` gives ``(B,)`` float64 and a ``(frames, note)`` per clip,
+  keeps no state, and ``update``/``compute`` accumulate it; set metrics: ``features``
+  gives ``(B, D)`` arrays and ``value`` a float), determinism (the same input again, as a fresh copy,
   gives bit-identical values), the ideal value of identical inputs (table ``IDEAL``), and
   ``higher_is_better`` agrees with it: a degraded prediction (independent noise in every
   frame) scores on the worse side of the ideal.
@@ -43,7 +45,7 @@ from omegaconf import OmegaConf
 from fvr_bench import weights
 from fvr_bench.config import build, compose
 from fvr_bench.errors import WeightsMissingError
-from fvr_bench.metrics.base import Provenance
+from fvr_bench.metrics.base import ClipMetric, Provenance, SetMetric
 
 METRIC_FILES = config_files("metric")
 METRIC_IDS = [path.stem for path in METRIC_FILES]
@@ -171,12 +173,14 @@ def metric(run_cfg, metric_file):
 @dataclass
 class Scored:
     metric: Any
-    first: torch.Tensor | None = None  # (B,) per-clip values of the first update
+    first: torch.Tensor | None = None  # (B,) score() of the first input
     second: torch.Tensor | None = None  # the same input again, a fresh copy
-    features: tuple[dict, dict] | None = None  # set level: clip_features, twice
+    notes: list | None = None  # last_notes after the first score()
+    state_after_score: int | None = None  # len(metric.values) after the three score() calls
+    features: tuple[dict, dict] | None = None  # set level: features, twice
     set_values: tuple[float, float] | None = None
     degraded: torch.Tensor | None = None  # (B,) values of the degraded prediction, or (1,) set value
-    all_values: torch.Tensor | None = None  # per_clip() after the three updates
+    updated: tuple | None = None  # torchmetrics API: (per_clip(), compute()) after update(), clips after reset()
 
 
 @pytest.fixture(scope="module")
@@ -193,21 +197,24 @@ def scored(metric, clips, degraded) -> Scored:
     target = clips if metric.needs_reference else None
 
     result = Scored(metric)
-    if metric.level == "set":
-        first = metric.clip_features(clips, target)
-        second = metric.clip_features(clips.clone(), target)
+    if isinstance(metric, SetMetric):
+        first = metric.features(clips, target)
+        second = metric.features(clips.clone(), target)
         result.features = (first, second)
-        result.set_values = (metric.set_value(first), metric.set_value(second))
-        result.degraded = torch.tensor([metric.set_value(metric.clip_features(degraded, target))], dtype=torch.float64)
+        result.set_values = (metric.value(first), metric.value(second))
+        result.degraded = torch.tensor([metric.value(metric.features(degraded, target))], dtype=torch.float64)
     else:
-        batch = clips.shape[0]
-        metric.update(clips, target)
-        result.first = metric.per_clip().clone()
+        result.first = metric.score(clips, target).clone()
+        result.notes = list(metric.last_notes)
+        result.second = metric.score(clips.clone(), target).clone()
+        result.degraded = metric.score(degraded, target).clone()
+        result.state_after_score = len(metric.values)
+        # the torchmetrics API for library users: update appends score(), compute is the mean
         metric.update(clips.clone(), target)
-        result.second = metric.per_clip()[batch:].clone()
         metric.update(degraded, target)
-        result.degraded = metric.latest(batch).clone()
-        result.all_values = metric.per_clip().clone()
+        values, computed = metric.per_clip().clone(), metric.compute().clone()
+        metric.reset()
+        result.updated = (values, computed, metric.per_clip().numel())
     return result
 
 
@@ -224,6 +231,9 @@ def test_identity_and_class_attributes(metric, metric_file):
     assert isinstance(cls.higher_is_better, bool)
     assert isinstance(cls.needs_reference, bool)
     assert cls.level in LEVELS
+    # the kind, which the evaluator dispatches on; level only reports
+    assert isinstance(metric, ClipMetric) != isinstance(metric, SetMetric)
+    assert (cls.level == "set") == isinstance(metric, SetMetric)
     # what the evaluator reads: the instance's values (a setting may change one, e.g. ewarp
     # with flow_from=preds is ewarp_nr and needs no reference)
     assert isinstance(metric.higher_is_better, bool)
@@ -243,7 +253,7 @@ def test_provenance_is_stable_across_builds(metric, metric_file, run_cfg):
 
 def test_declared_weights_are_registered(metric):
     required = metric.required_weights()
-    assert all(name in weights.REGISTRY for name in required), required
+    assert all(weights.entry(name).name == name for name in required), required  # entry() raises for unknown names
     assert set(metric.missing_weights()) <= set(required)
 
 
@@ -254,10 +264,10 @@ def test_missing_weights_raise_a_clear_error_on_first_use(metric, clips):
     preds = clips[:, :3].clone()  # a short batch: the error comes before any computation
     target = preds.clone() if metric.needs_reference else None
     with pytest.raises(WeightsMissingError) as error:
-        if metric.level == "set":
-            metric.clip_features(preds, target)
+        if isinstance(metric, SetMetric):
+            metric.features(preds, target)
         else:
-            metric.update(preds, target)
+            metric.score(preds, target)
     message = str(error.value)
     files = [weights.entry(name).filename for name in missing]
     assert any(name in message for name in files), f"the error names none of {files}: {message}"
@@ -265,7 +275,7 @@ def test_missing_weights_raise_a_clear_error_on_first_use(metric, clips):
 
 def test_shapes(scored, clips):
     metric, batch, frames = scored.metric, clips.shape[0], clips.shape[1]
-    if metric.level == "set":
+    if isinstance(metric, SetMetric):
         for features in scored.features:
             assert isinstance(features, dict) and features
             dims = set()
@@ -279,14 +289,35 @@ def test_shapes(scored, clips):
         return
     assert scored.first.shape == (batch,) and scored.first.dtype == torch.float64
     assert torch.isfinite(scored.first).all() and torch.isfinite(scored.degraded).all(), (scored.first, scored.degraded)
-    assert torch.equal(scored.all_values, torch.cat([scored.first, scored.second, scored.degraded]))
-    assert torch.allclose(metric.compute().double(), scored.all_values.mean())
-    used, note = metric.last_note
-    assert isinstance(used, int) and 0 < used <= frames and isinstance(note, str)
+    assert scored.second.shape == scored.degraded.shape == (batch,)
+    assert scored.state_after_score == 0, "score() must not accumulate state"
+    values, computed, after_reset = scored.updated
+    assert torch.equal(values, torch.cat([scored.second, scored.degraded]))
+    assert torch.allclose(computed.double(), values.mean(), equal_nan=True) and after_reset == 0
+    assert len(scored.notes) == batch
+    for used, note in scored.notes:
+        assert isinstance(used, int) and 0 < used <= frames and isinstance(note, str)
+    assert metric.last_note == metric.last_notes[-1]
+
+
+def test_set_metric_update_compute_reset(scored, clips):
+    """Set metrics under torchmetrics' API: update accumulates features, compute is their
+    value, reset forgets them."""
+    metric = scored.metric
+    if not isinstance(metric, SetMetric):
+        pytest.skip("clip metric: checked in test_shapes")
+    target = clips if metric.needs_reference else None
+    metric.update(clips, target)
+    metric.update(clips.clone(), target)
+    stacked = metric.stacked_features()
+    assert all(array.shape[0] == 2 * clips.shape[0] for array in stacked.values())
+    assert metric.compute().item() == metric.value(stacked)
+    metric.reset()
+    assert all(array.shape[0] == 0 for array in metric.stacked_features().values())
 
 
 def test_determinism(scored):
-    if scored.metric.level == "set":
+    if isinstance(scored.metric, SetMetric):
         first, second = scored.features
         assert first.keys() == second.keys()
         assert all(torch.equal(first[key], second[key]) for key in first)
@@ -303,7 +334,7 @@ def test_identical_inputs_give_the_ideal_value(scored):
     if ideal is None:
         pytest.skip(f"{metric_id}: no ideal value (no-reference quality score)")
     expected = ideal.value(scored.metric) if callable(ideal.value) else ideal.value
-    if scored.metric.level == "set":
+    if isinstance(scored.metric, SetMetric):
         values = torch.tensor([scored.set_values[0]], dtype=torch.float64)
     else:
         values = scored.first if ideal.on == "both" else scored.first[[STILL]]
@@ -318,7 +349,7 @@ def test_a_degraded_prediction_is_worse_than_the_ideal(scored):
     if ideal is None:
         pytest.skip(f"{metric.metric_id}: no ideal value")
     expected = ideal.value(metric) if callable(ideal.value) else ideal.value
-    values = scored.degraded if metric.level == "set" or ideal.on == "both" else scored.degraded[[STILL]]
+    values = scored.degraded if isinstance(metric, SetMetric) or ideal.on == "both" else scored.degraded[[STILL]]
     if metric.higher_is_better:
         assert (values < expected - ideal.tol).all(), f"{metric.metric_id}: degraded {values.tolist()} not below the ideal {expected}"
     else:

@@ -19,6 +19,7 @@ import torchvision.transforms.functional as TF
 from fvr_bench import weights
 from fvr_bench.errors import ConfigError
 from fvr_bench.metrics.backends import i3d
+from fvr_bench.metrics.base import ClipMetric, SetMetric
 from fvr_bench.metrics.distribution import (
     FVD,
     FVDPerVideo,
@@ -105,15 +106,15 @@ def test_fewer_than_two_clips_give_nan_with_a_warning():
 
 def test_fvd_of_identical_sets_is_zero(clips, logits):
     fvd = FVD(resolution=RES)
-    features = fvd.clip_features(clips, clips)  # cached: the fixture computed these
+    features = fvd.features(clips, clips)  # cached: the fixture computed these
     assert features["pred"].shape == (6, 400) and features["pred"].dtype == torch.float64
     torch.testing.assert_close(features["pred"], logits["gt"], rtol=0, atol=0)
     torch.testing.assert_close(features["pred"], features["target"], rtol=0, atol=0)
-    value = fvd.set_value(features)  # default trace_sqrt="sqrtm", StyleGAN-V's scipy call
+    value = fvd.value(features)  # default trace_sqrt="sqrtm", StyleGAN-V's scipy call
     trace = float(np.trace(np.cov(features["pred"].numpy(), rowvar=False)))
     # N = 6 ≪ D = 400: sqrtm of a rank-5 product is only accurate to ~1e-6 of the trace
     assert abs(value) < 1e-5 * trace
-    assert abs(FVD(resolution=RES, trace_sqrt="svd").set_value(features)) < 1e-10 * trace
+    assert abs(FVD(resolution=RES, trace_sqrt="svd").value(features)) < 1e-10 * trace
 
 
 def test_svd_trace_equals_scipys_sqrtm_on_real_logits(logits):
@@ -129,7 +130,7 @@ def test_svd_trace_equals_scipys_sqrtm_on_real_logits(logits):
 
 def test_fvd_grows_with_degradation_strength(logits):
     fvd = FVD(resolution=RES, trace_sqrt="svd")  # fast; equal to sqrtm, see above
-    set_values = [fvd.set_value({"pred": logits[s], "target": logits["gt"]}) for s in STRENGTHS]
+    set_values = [fvd.value({"pred": logits[s], "target": logits["gt"]}) for s in STRENGTHS]
     pair_values = [squared_mean_distance(logits[s], logits["gt"]).mean().item() for s in STRENGTHS]
     assert 0 < set_values[0] < set_values[1] < set_values[2], set_values
     assert 0 < pair_values[0] < pair_values[1] < pair_values[2], pair_values
@@ -142,7 +143,7 @@ def test_per_video_fvd_is_the_squared_logit_distance_and_shares_the_forward_pass
     calls = []
     original = i3d.extract_logits
     monkeypatch.setattr(i3d, "extract_logits", lambda *a, **k: calls.append(1) or original(*a, **k))
-    features = fvd.clip_features(degraded, target)
+    features = fvd.features(degraded, target)
     scores = per_video.clip_scores(degraded, target)
     assert len(calls) == 2  # one pass for the restored, one for the GT clips: shared by both metrics
     assert fvd.network() is per_video.network()
@@ -169,13 +170,12 @@ def test_fvd_update_compute_accumulates_features_over_batches(clips, degraded, l
     pred = degraded[1.5]
     fvd.update(pred, clips)  # the fixture's tensors: cached logits
     fvd.update(pred[:2], clips[:2])  # a second batch: the set grows to 8 clips
-    per_clip = fvd.per_clip()
-    assert per_clip.shape == (8,) and torch.isnan(per_clip).all()  # the value exists only for the set
+    assert not hasattr(fvd, "per_clip")  # a set metric: the value exists only for the set
     stacked = fvd.stacked_features()
     assert stacked["pred"].shape == stacked["target"].shape == (8, 400)
     torch.testing.assert_close(stacked["pred"][:6], logits[1.5], rtol=0, atol=0)
     torch.testing.assert_close(stacked["pred"][6:], logits[1.5][:2], rtol=1e-5, atol=1e-4)
-    expected = fvd.set_value({"pred": torch.cat([logits[1.5], logits[1.5][:2]]),
+    expected = fvd.value({"pred": torch.cat([logits[1.5], logits[1.5][:2]]),
                               "target": torch.cat([logits["gt"], logits["gt"][:2]])})
     assert fvd.compute().item() == pytest.approx(expected, rel=1e-4)
     fvd.reset()
@@ -184,6 +184,26 @@ def test_fvd_update_compute_accumulates_features_over_batches(clips, degraded, l
         assert math.isnan(fvd.compute().item())
     with pytest.raises(ConfigError, match="needs ground truth"):
         fvd.update(clips, None)
+
+
+# the value of FVD (trace_sqrt sqrtm / svd) on these seeded features, computed with the
+# implementation before the clip/set metric split (issue 11, item 4: FVD.set_value)
+OLD_FVD_VALUES = {"sqrtm": 1172.9468041704936, "svd": 1172.9469119867058}
+
+
+@pytest.mark.parametrize("trace_sqrt", sorted(OLD_FVD_VALUES))
+def test_set_metric_value_equals_the_old_fvd_value(trace_sqrt):
+    """FVD as a SetMetric: ``value`` over the same features is the old ``set_value``
+    (the Fréchet distance), and ``compute`` after ``update`` is the same number."""
+    generator = torch.Generator().manual_seed(7)
+    pred = torch.randn(6, 400, generator=generator, dtype=torch.float64)
+    target = torch.randn(6, 400, generator=generator, dtype=torch.float64) * 1.3 + 0.2
+    fvd = FVD(trace_sqrt=trace_sqrt)
+    value = fvd.value({"pred": pred, "target": target})
+    assert value == frechet_distance(pred, target, trace_sqrt)
+    assert value == pytest.approx(OLD_FVD_VALUES[trace_sqrt], rel=1e-9)
+    assert isinstance(fvd, SetMetric) and not isinstance(fvd, ClipMetric)
+    assert isinstance(FVDPerVideo(), ClipMetric) and not isinstance(FVDPerVideo(), SetMetric)
 
 
 def test_provenance_names_the_weights_file_and_its_sha256(clips):

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from fvr_bench.config import CONF_DIR, compose  # noqa: E402
 from fvr_bench.config import build  # noqa: E402
+from fvr_bench.metrics.base import SetMetric  # noqa: E402
 from fvr_bench.video import read_frame_folder, to_tensor  # noqa: E402
 
 
@@ -41,13 +42,12 @@ def main() -> None:
             values[metric_id] = "missing weights"
             continue
         target = gt if metric.needs_reference else None
-        if metric.level == "set":
-            features = metric.clip_features(pred, target)
+        if isinstance(metric, SetMetric):
+            features = metric.features(pred, target)
             values[metric_id] = {name: hashlib.sha256(array.double().numpy().tobytes()).hexdigest()
                                  for name, array in sorted(features.items())}
         else:
-            metric.update(pred, target)
-            values[metric_id] = repr(metric.latest().item())
+            values[metric_id] = repr(metric.score(pred, target).item())
     print(json.dumps({"threads": torch.get_num_threads(), "values": values}))
 
 

@@ -24,7 +24,7 @@ from fvr_bench.config import build
 from fvr_bench.data.base import ClipSample, VideoDataset
 from fvr_bench.degradations import LQCache, build_degradation
 from fvr_bench.errors import ClipNotScorableError, ConfigError, DataError, RestorerOutputError, WeightsMissingError
-from fvr_bench.metrics.base import VideoMetric
+from fvr_bench.metrics.base import ClipMetric, SetMetric, VideoMetric
 from fvr_bench.results import ResultStore, RunLock
 from fvr_bench.video import to_numpy, to_tensor, write_frame_folder, write_video
 
@@ -86,6 +86,11 @@ class Evaluator:
                 raise ConfigError(
                     f"metric '{metric_id}' needs ground truth, but data={self.dataset.name} has none; "
                     f"use a no-reference metric set (e.g. metrics=no_reference)"
+                )
+            if not isinstance(metric, (ClipMetric, SetMetric)):
+                raise ConfigError(
+                    f"metric '{metric_id}' ({type(metric).__qualname__}) is neither a ClipMetric nor a SetMetric "
+                    f"(fvr_bench.metrics.base)"
                 )
             metric.to(self.device)
         self.unavailable = self.check_weights(cfg.allow_missing)
@@ -181,18 +186,18 @@ class Evaluator:
             reference = target if metric.needs_reference else None
             frames, note = preds.shape[1], ""
             try:
-                if metric.level == "set":
+                if isinstance(metric, SetMetric):
                     # the set value needs every clip: keep this clip's features, value comes at the end
-                    features = metric.clip_features(preds, reference)
+                    features = metric.features(preds, reference)
                     self.store.save_features(metric_id, sample.clip_id, {k: v.double().cpu().numpy() for k, v in features.items()})
                     value = float("nan")
                 else:
-                    metric.update(preds, reference)
-                    value = float(metric.latest().item())
-                    used, note = metric.last_note
+                    # stateless: nothing accumulates in the metric over a run
+                    value = float(metric.score(preds, reference)[0].item())
+                    used, note = metric.last_notes[0]
                     frames = preds.shape[1] if used is None else used
             except ClipNotScorableError as error:
-                if metric.level == "set":
+                if isinstance(metric, SetMetric):
                     raise  # a set value over some of the clips would be another number: stop
                 log.warning("clip %s: %s not scored: %s", sample.clip_id, metric_id, error)
                 value, frames, note = float("nan"), 0, f"not scored: {error}"
@@ -279,13 +284,13 @@ class Evaluator:
         metrics that could not run."""
         rows = []
         for metric_id, metric in self.metrics.items():
-            if metric.level != "set":
+            if not isinstance(metric, SetMetric):
                 continue
             stacked = self.store.load_features(metric_id, clip_ids)
             features = {name: torch.from_numpy(array) for name, array in stacked.items()}
             rows.append({
                 "metric": metric_id,
-                "value": float(metric.set_value(features)),
+                "value": float(metric.value(features)),
                 "std": float("nan"),
                 "n_clips": len(clip_ids),
                 "higher_is_better": metric.higher_is_better,

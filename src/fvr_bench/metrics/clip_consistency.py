@@ -48,7 +48,7 @@ from fvr_bench.metrics.backends.clip import (
 )
 from fvr_bench.metrics.determinism import bilinear_resize
 from fvr_bench.metrics.fidelity import quantize_8bit
-from fvr_bench.metrics.perceptual import PretrainedFiles, _PerceptualMetric
+from fvr_bench.metrics.perceptual import _PerceptualMetric
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class FaceConsCLIP(_PerceptualMetric):
         self._init_common(pretrained, seed, quantize, chunk_frames, verify_weights)
         self.clip_normalize = bool(clip_normalize)
         self.antialias = bool(antialias)
-        self.files = PretrainedFiles({WEIGHTS_NAME: weights_path}, verify_weights)
+        self._declare({WEIGHTS_NAME: weights_path})
 
     # -- weights ---------------------------------------------------------------------
 

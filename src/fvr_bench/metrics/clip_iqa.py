@@ -81,7 +81,7 @@ from fvr_bench.metrics.backends.clip import (
     locate_bpe_vocab,
 )
 from fvr_bench.metrics.fidelity import quantize_8bit
-from fvr_bench.metrics.perceptual import PretrainedFiles, _PerceptualMetric
+from fvr_bench.metrics.perceptual import _PerceptualMetric
 
 log = logging.getLogger(__name__)
 
@@ -144,35 +144,15 @@ class _CLIPPromptMetric(_PerceptualMetric):
         super().__init__(**kwargs)
         self._init_common(pretrained, seed, quantize, chunk_frames, verify_weights)
         self.vocab_path = vocab_path
-        self.files = PretrainedFiles({self.weights_name: weights_path}, verify_weights)
+        from fvr_bench.metrics.backends.clip import BPE_VOCAB_REGISTRY_NAME
+
+        # the vocabulary is needed with random weights too, and is not part of the provenance
+        self._declare({self.weights_name: weights_path}, extra={BPE_VOCAB_REGISTRY_NAME: vocab_path})
         # plain dict, not a submodule (like the networks in _init_common)
         self._text: dict[str, torch.Tensor] = {}
 
-    # -- weights ---------------------------------------------------------------------
-
-    def required_weights(self) -> list[str]:
-        from fvr_bench.metrics.backends.clip import BPE_VOCAB_REGISTRY_NAME
-
-        names = [self.weights_name] if self.pretrained else []
-        if not self.vocab_path:
-            names.append(BPE_VOCAB_REGISTRY_NAME)
-        return names
-
-    def missing_weights(self) -> list[str]:
-        from fvr_bench.metrics.backends.clip import (
-            BPE_VOCAB_REGISTRY_NAME,
-            find_bpe_vocab,
-        )
-
-        missing = self.files.missing() if self.pretrained else []
-        if find_bpe_vocab(self.vocab_path) is None:
-            missing.append(BPE_VOCAB_REGISTRY_NAME)
-        return missing
-
-    def weights_file(self) -> tuple[str | None, str | None]:
-        if not self.pretrained:
-            return None, None
-        return self.files.describe()
+    def random_weights_label(self) -> str | None:
+        return None  # provenance of pretrained=False: no file (the settings say pretrained=False)
 
     # -- networks --------------------------------------------------------------------
 

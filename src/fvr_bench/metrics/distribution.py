@@ -50,16 +50,16 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 import scipy.linalg
 import torch
 
-from fvr_bench import weights
 from fvr_bench.errors import ConfigError
 from fvr_bench.metrics.backends import i3d
-from fvr_bench.metrics.base import VideoMetric
+from fvr_bench.metrics.base import ClipMetric, NetworkMetric, PretrainedFiles, SetMetric
 from fvr_bench.metrics.determinism import thread_invariant_kernels
 
 WEIGHTS_NAME = "i3d_kinetics400"
@@ -183,7 +183,7 @@ class _LogitCache:
 LOGIT_CACHE = _LogitCache()
 
 
-class _I3DMetric(VideoMetric):
+class _I3DMetric(NetworkMetric):
     """Shared I3D feature extraction of ``fvd`` and ``fvd_per_video``.
 
     Args:
@@ -218,35 +218,21 @@ class _I3DMetric(VideoMetric):
         if short_clip not in i3d.SHORT_CLIP_POLICIES:
             raise ConfigError(f"{self.metric_id}: short_clip must be one of {i3d.SHORT_CLIP_POLICIES}, got {short_clip!r}")
         self.weights_path = weights_path
+        self.files = PretrainedFiles({WEIGHTS_NAME: weights_path})
         self.resolution = int(resolution)
         self.antialias = bool(antialias)
         self.num_frames = num_frames
         self.short_clip = short_clip
         self.chunk_clips = max(1, int(chunk_clips))
 
-    # -- weights ------------------------------------------------------------------------
-
-    def required_weights(self) -> list[str]:
-        return [WEIGHTS_NAME]
-
-    def missing_weights(self) -> list[str]:
-        # the explicit path counts, unlike the base class's lookup
-        return [] if weights.find(WEIGHTS_NAME, self.weights_path) is not None else [WEIGHTS_NAME]
-
-    def weights_file(self) -> tuple[str | None, str | None]:
-        path = weights.find(WEIGHTS_NAME, self.weights_path)
-        if path is None:
-            return weights.entry(WEIGHTS_NAME).filename, None
-        return path.name, weights.sha256_of(path)
-
     def network(self, device: torch.device | str = "cpu") -> i3d.InceptionI3d:
-        """The shared I3D on ``device`` (loaded on first use)."""
-        return i3d.load_i3d(weights.locate(WEIGHTS_NAME, self.weights_path), device)
+        """The shared I3D on ``device`` (loaded on first use, one copy per file and device)."""
+        return i3d.load_i3d(self.files.path(WEIGHTS_NAME), device)
 
     # -- features -----------------------------------------------------------------------
 
     def _preprocess_key(self) -> tuple:
-        return (str(weights.find(WEIGHTS_NAME, self.weights_path)), self.resolution, self.antialias,
+        return (str(self.files.find(WEIGHTS_NAME)), self.resolution, self.antialias,
                 self.num_frames, self.short_clip)
 
     def logits(self, clips: torch.Tensor) -> torch.Tensor:
@@ -283,15 +269,15 @@ class _I3DMetric(VideoMetric):
         }
 
 
-class FVD(_I3DMetric):
+class FVD(_I3DMetric, SetMetric):
     """Fréchet Video Distance over the set of clips (lower is better; needs ground truth).
 
     Input ``(B, T, 3, H, W)`` float RGB in [0, 1] (restored, GT), ``T ≥ 9`` (shorter clips:
-    ``short_clip``). ``clip_features`` → ``{"pred": (B, 400), "target": (B, 400)}``
-    float64 logits; ``set_value`` → the Fréchet distance of the stacked ``(N, 400)``
-    features (NaN for N < 2). As a torchmetrics metric: ``update`` accumulates the
-    features (and a NaN per clip in ``per_clip()``, the value is not per clip),
-    ``compute`` returns the set value.
+    ``short_clip``). A :class:`~fvr_bench.metrics.base.SetMetric`: ``features`` →
+    ``{"pred": (B, 400), "target": (B, 400)}`` float64 logits; ``value`` → the Fréchet
+    distance of the stacked ``(N, 400)`` features (NaN for N < 2). As a torchmetrics
+    metric: ``update`` accumulates the features (``stacked_features``), ``compute``
+    returns the set value.
 
     Args:
         trace_sqrt: ``"sqrtm"`` (default, StyleGAN-V's ``scipy.linalg.sqrtm``) or ``"svd"``
@@ -309,43 +295,24 @@ class FVD(_I3DMetric):
         if trace_sqrt not in TRACE_SQRT_METHODS:
             raise ConfigError(f"fvd: trace_sqrt must be one of {TRACE_SQRT_METHODS}, got {trace_sqrt!r}")
         self.trace_sqrt = trace_sqrt
-        self.add_state("pred_features", default=[], dist_reduce_fx="cat")
-        self.add_state("target_features", default=[], dist_reduce_fx="cat")
 
     @torch.no_grad()
-    def clip_features(self, preds: torch.Tensor, target: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def features(self, preds: torch.Tensor, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         self._check(preds, target)
         return {"pred": self.logits(preds), "target": self.logits(target)}
 
-    def set_value(self, features: dict[str, torch.Tensor]) -> float:
+    def value(self, features: Mapping[str, torch.Tensor]) -> float:
         return frechet_distance(features["pred"], features["target"], self.trace_sqrt)
 
-    def update(self, preds: torch.Tensor, target: torch.Tensor | None = None) -> None:
-        features = self.clip_features(preds, target)
-        self.pred_features.append(features["pred"])
-        self.target_features.append(features["target"])
-        # one row per clip keeps per_clip()/latest() aligned with the other metrics; the
-        # value exists only for the whole set
-        self.values.append(torch.full((preds.shape[0],), math.nan, dtype=torch.float64, device=preds.device))
-
-    def stacked_features(self) -> dict[str, torch.Tensor]:
-        """Everything accumulated by ``update``: ``{"pred": (N, 400), "target": (N, 400)}``."""
-
-        def stack(state: Any) -> torch.Tensor:
-            if isinstance(state, torch.Tensor):  # concatenated by a DDP sync
-                return state
-            return torch.cat(state) if state else torch.zeros(0, i3d.NUM_CLASSES, dtype=torch.float64)
-
-        return {"pred": stack(self.pred_features), "target": stack(self.target_features)}
-
-    def compute(self) -> torch.Tensor:
-        return torch.tensor(self.set_value(self.stacked_features()), dtype=torch.float64)
+    def empty_features(self) -> dict[str, torch.Tensor]:
+        empty = torch.zeros(0, i3d.NUM_CLASSES, dtype=torch.float64)
+        return {"pred": empty, "target": empty.clone()}
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "distance": "frechet (styleganv: np.cov, float64)", "trace_sqrt": self.trace_sqrt}
 
 
-class FVDPerVideo(_I3DMetric):
+class FVDPerVideo(_I3DMetric, ClipMetric):
     """BFVR-STC's FVD: per (restored, GT) clip pair ``‖f_pred − f_gt‖²`` of the I3D
     logits — the Fréchet distance of two one-sample sets — then the mean over clips.
 

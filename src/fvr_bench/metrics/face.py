@@ -72,7 +72,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from fvr_bench import weights as weight_registry
 from fvr_bench.errors import ConfigError
 from fvr_bench.faces.analysis import (
     STATUS_FALLBACK,
@@ -85,7 +84,7 @@ from fvr_bench.faces.frames import frames_of
 from fvr_bench.faces.identity import IdentityBackend
 from fvr_bench.faces.landmarks import LandmarkBackend
 from fvr_bench.faces.provenance import package_version
-from fvr_bench.metrics.base import VideoMetric
+from fvr_bench.metrics.base import ClipMetric, NetworkMetric, PretrainedFiles
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +104,11 @@ def _nanmean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
-class FaceMetric(VideoMetric):
-    """Base of the face metrics: per-clip NaN-aware averaging and skip/fallback counts."""
+class FaceMetric(NetworkMetric, ClipMetric):
+    """Base of the face metrics: per-clip NaN-aware averaging and skip/fallback counts.
+
+    Each declares its files once in ``self.files`` (a :class:`PretrainedFiles` built from
+    its face backend, whose ``weights_file`` names them in the provenance)."""
 
     level: ClassVar[str] = "frame"
 
@@ -115,8 +117,9 @@ class FaceMetric(VideoMetric):
         # plain attribute, not a metric state: diagnostics, never synchronised or reset by torchmetrics
         self.face_counts: Counter[str] = Counter()
 
-    def _count(self, *analyses: FrameAnalysis) -> None:
-        """Counts per frame of the first analysis (restored, or the only one)."""
+    def _count(self, *analyses: FrameAnalysis, clip: int | None = None) -> None:
+        """Counts per frame of the first analysis (restored, or the only one) of clip
+        ``clip`` (its index in the batch)."""
         status = analyses[0].status
         self.face_counts["frames"] += len(status)
         self.face_counts.update(status)
@@ -128,7 +131,7 @@ class FaceMetric(VideoMetric):
             parts = [f"no face in {skipped} of {len(status)} frames (skipped)"] if skipped else []
             if fallback:
                 parts.append(f"{fallback} of {len(status)} frames analysed with the GT face geometry")
-            self.note_clip(len(status) - skipped, "; ".join(parts))
+            self.note_clip(len(status) - skipped, "; ".join(parts), clip=clip)
 
     def clip_scores(self, preds: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         """``(B, T, 3, H, W)`` → ``(B,)``: mean of the finite frame scores (NaN if none)."""
@@ -163,23 +166,14 @@ class _IdentityMetric(FaceMetric):
             backend, detector=detector, upsample=upsample, weights_path=weights_path, random_weights=random_weights,
             mtcnn_thresholds=tuple(mtcnn_thresholds), mtcnn_min_face_size=mtcnn_min_face_size,
         )
+        explicit = getattr(self.identity.impl, "weights_path", None)  # ArcFace's weights_path
+        self.files = PretrainedFiles(
+            {name: explicit if name == "arcface_irse50" else None for name in self.identity.required_weights()},
+            provenance=self.identity.weights_file,
+        )
 
     def settings(self) -> dict[str, Any]:
         return {"backend": self.identity.kind, **self.identity.settings()}
-
-    def required_weights(self) -> list[str]:
-        return self.identity.required_weights()
-
-    def missing_weights(self) -> list[str]:
-        # honours an explicit weights_path (the base class searches only the default places)
-        explicit = getattr(self.identity.impl, "weights_path", None)
-        return [
-            name for name in self.required_weights()
-            if weight_registry.find(name, explicit if name == "arcface_irse50" else None) is None
-        ]
-
-    def weights_file(self) -> tuple[str | None, str | None]:
-        return self.identity.weights_file()
 
     def backend_version(self) -> str:
         return self.identity.backend_version()
@@ -194,7 +188,7 @@ class _IdentityMetric(FaceMetric):
             pred_frames = frames_of(preds[b, index])
             gt_frames = frames_of(target[b, index])
             pred, gt = self.identity.pair(pred_frames, gt_frames, self._net_device(preds))
-            self._count(pred, gt)
+            self._count(pred, gt, clip=b)
             out[b, index] = torch.from_numpy(_cosine(pred.values, gt.values))
         return out.to(preds.device)
 
@@ -300,7 +294,7 @@ class FaceConsID(_IdentityMetric):
         out = []
         for b in range(preds.shape[0]):
             analysis = self.identity.video(frames_of(preds[b]), self._net_device(preds))
-            self._count(analysis)
+            self._count(analysis, clip=b)
             valid = np.flatnonzero(analysis.valid)
             if valid.size < 2:
                 out.append(float("nan"))
@@ -322,22 +316,17 @@ class _LandmarkMetric(FaceMetric):
         super().__init__(**kwargs)
         self.landmarks = LandmarkBackend(backend or self.default_backend, detector=detector, upsample=upsample,
                                          min_detection_confidence=min_detection_confidence)
+        self.files = PretrainedFiles(self.landmarks.required_weights(), provenance=self.landmarks.weights_file)
 
     def settings(self) -> dict[str, Any]:
         return {"backend": self.landmarks.kind, **self.landmarks.settings()}
-
-    def required_weights(self) -> list[str]:
-        return self.landmarks.required_weights()
-
-    def weights_file(self) -> tuple[str | None, str | None]:
-        return self.landmarks.weights_file()
 
     def backend_version(self) -> str:
         return self.landmarks.backend_version()
 
     def pairs(self, preds: torch.Tensor, target: torch.Tensor, b: int) -> tuple[FrameAnalysis, FrameAnalysis]:
         pred, gt = self.landmarks.pair(frames_of(preds[b]), frames_of(target[b]))
-        self._count(pred, gt)
+        self._count(pred, gt, clip=b)
         return pred, gt
 
 
@@ -419,7 +408,7 @@ class TLMENR(_LandmarkMetric):
         out = []
         for b in range(preds.shape[0]):
             analysis = self.landmarks.video(frames_of(preds[b]))
-            self._count(analysis)
+            self._count(analysis, clip=b)
             points = analysis.values
             if len(points) < 3:
                 out.append(float("nan"))
@@ -449,18 +438,11 @@ class VIDD(FaceMetric):
     def __init__(self, weights_path: str | None = None, random_weights: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.net = ArcFaceR18FOS(weights_path, random_weights)
+        self.files = PretrainedFiles({name: weights_path for name in self.net.required_weights()},
+                                     provenance=self.net.weights_file)
 
     def settings(self) -> dict[str, Any]:
         return {**self.net.settings(), "distance": "l2", "pairs": "adjacent"}
-
-    def required_weights(self) -> list[str]:
-        return self.net.required_weights()
-
-    def missing_weights(self) -> list[str]:
-        return [n for n in self.required_weights() if weight_registry.find(n, self.net.weights_path) is None]
-
-    def weights_file(self) -> tuple[str | None, str | None]:
-        return self.net.weights_file()
 
     def backend_version(self) -> str:
         return package_version("torch", "cv2")

@@ -85,7 +85,7 @@ from torch import nn
 from fvr_bench.errors import ClipNotScorableError, ConfigError
 from fvr_bench.metrics.backends.layers import Mlp
 from fvr_bench.metrics.fidelity import quantize_8bit
-from fvr_bench.metrics.perceptual import PretrainedFiles, _load_file, _PerceptualMetric
+from fvr_bench.metrics.perceptual import _load_file, _PerceptualMetric
 
 WEIGHTS_NAME = "fastervqa"
 
@@ -580,7 +580,7 @@ class FasterVQA(_PerceptualMetric):
         self.rescale = rescale
         self.window_size = window_size
         self._init_common(pretrained, seed, True, None, verify_weights)
-        self.files = PretrainedFiles({WEIGHTS_NAME: weights_path}, verify_weights)
+        self._declare({WEIGHTS_NAME: weights_path})
 
     def _build(self) -> FasterVQANet:
         state = _load_file(self.files.path(WEIGHTS_NAME)) if self.pretrained else None

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from fvr_bench.errors import ClipNotScorableError, ConfigError
-from fvr_bench.metrics.base import VideoMetric
+from fvr_bench.metrics.base import ClipMetric
 from fvr_bench.metrics.determinism import fixed_order_mean
 from fvr_bench.video import rgb_to_y
 
@@ -108,7 +108,7 @@ def _per_frame_chunks(preds: torch.Tensor, target: torch.Tensor, metric: PSNR | 
     return torch.cat(scores).reshape(batch, frames)
 
 
-class PSNR(VideoMetric):
+class PSNR(ClipMetric):
     """Peak signal-to-noise ratio in dB, per frame, mean over frames (BasicSR ``calculate_psnr``).
 
     ``PSNR = 10·log10(255² / MSE)`` with the MSE over all pixels (and channels) of a
@@ -212,7 +212,7 @@ def ssim_maps(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return numerator / denominator
 
 
-class SSIM(VideoMetric):
+class SSIM(ClipMetric):
     """Structural similarity, per frame, mean over frames (BasicSR ``calculate_ssim``).
 
     11×11 Gaussian window (σ = 1.5), C1 = (0.01·255)², C2 = (0.03·255)², 'valid'

@@ -59,7 +59,7 @@ from torch import nn
 
 from fvr_bench.errors import ConfigError
 from fvr_bench.metrics.backends.layers import Mlp
-from fvr_bench.metrics.perceptual import PretrainedFiles, _load_file, _PerceptualMetric
+from fvr_bench.metrics.perceptual import _load_file, _PerceptualMetric
 
 WEIGHTS_NAME = "musiq_koniq"
 
@@ -386,7 +386,7 @@ class MUSIQ(_PerceptualMetric):
         self.longer_side_lengths = lengths
         self.max_seq_len_from_original_res = None if max_seq_len_from_original_res is None else int(max_seq_len_from_original_res)
         self._init_common(pretrained, seed, quantize, chunk_frames, verify_weights)
-        self.files = PretrainedFiles({WEIGHTS_NAME: weights_path}, verify_weights)
+        self._declare({WEIGHTS_NAME: weights_path})
 
     def _build(self) -> MUSIQNet:
         state = _load_file(self.files.path(WEIGHTS_NAME)) if self.pretrained else None

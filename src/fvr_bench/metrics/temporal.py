@@ -80,7 +80,7 @@ from fvr_bench.metrics.backends.flow import (
     build_flow_backend,
     video_flow,
 )
-from fvr_bench.metrics.base import VideoMetric
+from fvr_bench.metrics.base import ClipMetric, NetworkMetric, PretrainedFiles
 from fvr_bench.metrics.fidelity import quantize_8bit
 
 # Lai et al. 2018 (after Ruder et al. 2016) occlusion thresholds, in pixels² / unitless.
@@ -209,7 +209,7 @@ def pair_warping_errors(
 # --------------------------------------------------------------------------- metrics
 
 
-class _FlowMetric(VideoMetric):
+class _FlowMetric(NetworkMetric, ClipMetric):
     """Shared plumbing: the flow backend, 8-bit rounding, chunking, weights."""
 
     level: ClassVar[str] = "clip"
@@ -256,16 +256,8 @@ class _FlowMetric(VideoMetric):
         if preds.shape[1] < 2:
             raise ValueError(f"{metric_id}: needs clips of at least 2 frames, got {preds.shape[1]}")
 
-    def required_weights(self) -> list[str]:
-        return self.backend.required_weights()
-
-    def missing_weights(self) -> list[str]:
-        # honours an explicit weights_path (the base class only searches the default places)
-        finder = getattr(self.backend, "missing_weights", None)
-        return finder() if finder else []
-
-    def weights_file(self) -> tuple[str | None, str | None]:
-        return self.backend.weights_file()
+    def pretrained_files(self) -> PretrainedFiles:
+        return self.backend.pretrained_files()  # RAFT's file (explicit weights_path honoured), or none
 
     def backend_version(self) -> str:
         return f"torch-{torch.__version__};{self.backend.version()}"

@@ -54,6 +54,8 @@ import torch
 import torch.nn.functional as F
 
 from fvr_bench.errors import ConfigError
+from fvr_bench.metrics.base import PretrainedFiles
+from fvr_bench.state_dicts import load_state, read_file
 
 FLOW_BACKENDS = ("dis", "farneback", "raft")
 
@@ -115,11 +117,18 @@ class FlowBackend:
     def version(self) -> str:
         return f"opencv-{cv2.__version__}"
 
+    def pretrained_files(self) -> PretrainedFiles:
+        """The registry files this backend needs (none for the OpenCV backends)."""
+        return PretrainedFiles()
+
     def required_weights(self) -> list[str]:
-        return []
+        return self.pretrained_files().names()
+
+    def missing_weights(self) -> list[str]:
+        return self.pretrained_files().missing()
 
     def weights_file(self) -> tuple[str | None, str | None]:
-        return None, None
+        return self.pretrained_files().describe()
 
 
 class _OpenCVFlow(FlowBackend):
@@ -225,27 +234,13 @@ class RAFTFlow(FlowBackend):
         self.iterations = int(iterations)
         self.chunk_pairs = None if chunk_pairs is None else max(1, int(chunk_pairs))
         self._net: torch.nn.Module | None = None
-        self._sha256: str | None = None
+        # declared once: the file (checksum-verified when loaded), named in the provenance
+        # by its registry file name; hashing is not loading, provenance may come first
+        self.files = PretrainedFiles({} if self.random_weights else {RAFT_WEIGHTS: self.weights_path},
+                                     verify=True, label="registry")
 
-    def required_weights(self) -> list[str]:
-        return [] if self.random_weights else [RAFT_WEIGHTS]
-
-    def missing_weights(self) -> list[str]:
-        from fvr_bench import weights
-
-        return [name for name in self.required_weights() if weights.find(name, self.weights_path) is None]
-
-    def weights_file(self) -> tuple[str | None, str | None]:
-        if self.random_weights:
-            return None, None
-        from fvr_bench import weights
-
-        filename = weights.entry(RAFT_WEIGHTS).filename
-        if self._sha256 is None:
-            path = weights.find(RAFT_WEIGHTS, self.weights_path)
-            if path is not None:  # hashing is not loading: provenance may be asked before the first clip
-                self._sha256 = weights.sha256_of(path)
-        return filename, self._sha256
+    def pretrained_files(self) -> PretrainedFiles:
+        return self.files
 
     def version(self) -> str:
         import torchvision
@@ -272,12 +267,9 @@ class RAFTFlow(FlowBackend):
                     torch.manual_seed(0)
                     net = raft_large(weights=None, progress=False)
             else:
-                from fvr_bench import weights
-
-                path = weights.locate(RAFT_WEIGHTS, self.weights_path)  # WeightsMissingError names the file
-                self._sha256 = weights.check_sha256(RAFT_WEIGHTS, path)
+                path = self.files.path(RAFT_WEIGHTS)  # WeightsMissingError names the file; sha256 checked
                 net = raft_large(weights=None, progress=False)
-                net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+                load_state(net, read_file(path), str(path))
             self._net = net.eval().requires_grad_(False)
         return self._net.to(device)
 
