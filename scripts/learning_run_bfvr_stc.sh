@@ -14,13 +14,14 @@ PY=${PY:-python}
 OUT=${OUT:-outputs/learning_run}
 SIZE=${SIZE:-128}; FRAMES=${FRAMES:-8}; TRAINER=${TRAINER:-default}
 STEPS1=${STEPS1:-1500}; STEPS2A=${STEPS2A:-300}; STEPS2B=${STEPS2B:-600}
-MODEL=(method=bfvr_stc_tiny method.module.autoencoder.nf=16 "method.module.autoencoder.ch_mult=[1,2,2,4]" method.module.autoencoder.emb_dim=64
-  method.module.autoencoder.norm_groups=8 method.module.quantizer.codebook_size=256 method.module.quantizer.temporal_norm_groups=8
-  method.module.transformer.dim=64 method.module.transformer.layers=2 method.module.transformer.mlp_dim=128
-  "method.module.transformer.latent_grid=[$((SIZE / 8)),$((SIZE / 8))]"
-  method.module.loss.perceptual_weight=0 method.module.loss.gan_weight=0 method.module.usage_log_every=250
-  method.module.restore.window=$FRAMES method.module.restore.overlap=2
-  +method.module.lr=2e-4)
+MODEL=(method=bfvr_stc_tiny method.architecture.autoencoder.nf=16 "method.architecture.autoencoder.ch_mult=[1,2,2,4]"
+  method.architecture.autoencoder.emb_dim=64 method.architecture.autoencoder.norm_groups=8
+  method.architecture.quantizer.codebook_size=256 method.architecture.quantizer.temporal_norm_groups=8
+  method.architecture.transformer.dim=64 method.architecture.transformer.layers=2 method.architecture.transformer.mlp_dim=128
+  "method.architecture.transformer.latent_grid=[$((SIZE / 8)),$((SIZE / 8))]"
+  method.train.objectives.codebook_learning.perceptual_weight=0 method.train.objectives.codebook_learning.gan_weight=0
+  method.train.module.usage_log_every=250
+  method.restore.window=$FRAMES method.restore.overlap=2 lr=2e-4)
 COMMON=("${MODEL[@]}" data=sample "paths.output_dir=$OUT" "trainer=$TRAINER" trainer.log_every_n_steps=10
   "size=$SIZE" "frames=$FRAMES" batch_size=2 "val_clips=[carphone_000,carphone_001]" checkpoint_every=100000)
 $PY -m fvr_bench train "${COMMON[@]}" stage=1 "max_steps=$STEPS1" "$@"

@@ -121,3 +121,11 @@ def test_stage_errors_name_the_fix(tiny_data_dir, tmp_path):
     cfg = compose("train", [f"paths.output_dir={tmp_path}", "method=bicubic", "stage=1"])
     with pytest.raises(ConfigError, match="cannot be trained"):
         train(cfg)
+
+
+def test_lr_on_the_command_line_replaces_the_stage_lr():
+    from fvr_bench.training.run import stage_options
+
+    options = stage_options(compose("train", ["method=bfvr_stc_tiny", "stage=2a", "data=sample", "lr=3e-4"]))
+    assert options.lr == 3e-4 and options.module.lr == 3e-4
+    assert stage_options(compose("train", ["method=bfvr_stc_tiny", "stage=2a", "data=sample"])).lr != 3e-4

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fvr_bench.errors import ConfigError
 
@@ -29,7 +29,11 @@ def stage_options(cfg: DictConfig) -> DictConfig:
                           "it cannot be trained")
     if stage not in stages:
         raise ConfigError(f"method {cfg.method.name!r} has no stage {stage!r}; stages: {', '.join(map(str, stages))}")
-    return stages[stage]
+    options = stages[stage]
+    if cfg.get("lr") is not None:  # `lr=` on the command line replaces the stage's (its module reads ${..lr})
+        with open_dict(options):
+            options.lr = float(cfg.lr)
+    return options
 
 
 def stage_dir(cfg: DictConfig, stage: str) -> Path:
