@@ -7,6 +7,8 @@ Frames are read and written with PIL directly, not through ``fvr_bench.video`` /
 
 from __future__ import annotations
 
+import pytest
+
 import contextlib
 import socket
 from collections.abc import Iterator
@@ -64,3 +66,13 @@ def no_network() -> Iterator[None]:
         yield
     finally:
         socket.socket.connect = original
+
+
+def mark_known_bug(request, bugs: dict[tuple[str, str], str], param: str) -> None:
+    """Mark the running case ``xfail(strict=True)`` when ``(test name, <param>'s file stem)``
+    is in ``bugs``: fixing the bug then makes the case fail until its entry is removed."""
+    params = request.node.callspec.params if hasattr(request.node, "callspec") else {}
+    stem = params[param].stem if param in params else None
+    reason = bugs.get((request.node.originalname, stem))
+    if reason:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))

@@ -39,7 +39,7 @@ from typing import Any
 
 import pytest
 import torch
-from contract_helpers import config_files, no_network, read_frames
+from contract_helpers import config_files, mark_known_bug, no_network, read_frames
 from omegaconf import OmegaConf
 
 from fvr_bench import weights
@@ -115,11 +115,7 @@ KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 @pytest.fixture(autouse=True)
 def _known_bugs(request):
-    params = request.node.callspec.params if hasattr(request.node, "callspec") else {}
-    metric_id = params["metric_file"].stem if "metric_file" in params else None
-    reason = KNOWN_BUGS.get((request.node.originalname, metric_id))
-    if reason:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+    mark_known_bug(request, KNOWN_BUGS, "metric_file")
 
 
 @pytest.fixture(scope="module", autouse=True)

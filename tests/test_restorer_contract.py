@@ -34,6 +34,7 @@ import pytest
 import torch
 from contract_helpers import (
     config_files,
+    mark_known_bug,
     no_network,
     path_overrides,
     read_frames,
@@ -68,11 +69,7 @@ KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 @pytest.fixture(autouse=True)
 def _known_bugs(request):
-    params = request.node.callspec.params if hasattr(request.node, "callspec") else {}
-    method = params["method_file"].stem if "method_file" in params else None
-    reason = KNOWN_BUGS.get((request.node.originalname, method))
-    if reason:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+    mark_known_bug(request, KNOWN_BUGS, "method_file")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -314,17 +314,10 @@ class SetMetric(VideoMetric):
 # --------------------------------------------------------------------------- networks
 
 
-class NetworkMetric(VideoMetric):
-    """Base of the metrics that need pretrained files (mixed in before :class:`ClipMetric`
-    or :class:`SetMetric`).
-
-    A subclass declares its files once, by returning a :class:`PretrainedFiles` from
-    :meth:`pretrained_files` (or by setting ``self.files``); ``required_weights``,
-    ``missing_weights`` (explicit paths honoured) and ``weights_file`` (provenance) follow
-    from it. :meth:`network` builds the network with ``_build()`` once, on first use.
-    """
-
-    files: PretrainedFiles
+class DeclaresFiles:
+    """``required_weights`` / ``missing_weights`` / ``weights_file`` from one declaration,
+    :meth:`pretrained_files` (``self.files`` when set); shared by the network metrics and the
+    backends they hold (flow networks)."""
 
     def pretrained_files(self) -> PretrainedFiles:
         files = getattr(self, "files", None)
@@ -338,6 +331,19 @@ class NetworkMetric(VideoMetric):
 
     def weights_file(self) -> tuple[str | None, str | None]:
         return self.pretrained_files().describe()
+
+
+class NetworkMetric(DeclaresFiles, VideoMetric):
+    """Base of the metrics that need pretrained files (mixed in before :class:`ClipMetric`
+    or :class:`SetMetric`).
+
+    A subclass declares its files once, by returning a :class:`PretrainedFiles` from
+    :meth:`pretrained_files` (or by setting ``self.files``); ``required_weights``,
+    ``missing_weights`` (explicit paths honoured) and ``weights_file`` (provenance) follow
+    from it. :meth:`network` builds the network with ``_build()`` once, on first use.
+    """
+
+    files: PretrainedFiles
 
     # -- the lazily built network ------------------------------------------------------
 

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from fvr_bench.errors import ConfigError
-from fvr_bench.metrics.base import PretrainedFiles
+from fvr_bench.metrics.base import DeclaresFiles, PretrainedFiles
 from fvr_bench.state_dicts import load_state, read_file
 
 FLOW_BACKENDS = ("dis", "farneback", "raft")
@@ -98,7 +98,7 @@ def to_gray_uint8(frames: torch.Tensor) -> np.ndarray:
     return np.stack([cv2.cvtColor(np.ascontiguousarray(f.transpose(1, 2, 0)), cv2.COLOR_RGB2GRAY) for f in levels])
 
 
-class FlowBackend:
+class FlowBackend(DeclaresFiles):
     """Base of the flow backends: ``backend(first, second) -> (N, 2, H, W)`` (module docstring)."""
 
     name: ClassVar[str] = ""
@@ -120,15 +120,6 @@ class FlowBackend:
     def pretrained_files(self) -> PretrainedFiles:
         """The registry files this backend needs (none for the OpenCV backends)."""
         return PretrainedFiles()
-
-    def required_weights(self) -> list[str]:
-        return self.pretrained_files().names()
-
-    def missing_weights(self) -> list[str]:
-        return self.pretrained_files().missing()
-
-    def weights_file(self) -> tuple[str | None, str | None]:
-        return self.pretrained_files().describe()
 
 
 class _OpenCVFlow(FlowBackend):
