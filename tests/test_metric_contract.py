@@ -136,6 +136,8 @@ def run_cfg():
 def build_metric(run_cfg, path):
     """As the evaluator does: the metric node inside the run config, then instantiate."""
     run_cfg.probe = OmegaConf.load(path)
+    if "resolution" in run_cfg.probe:  # I3D at 112² keeps the fast tier fast; the contract does not change
+        run_cfg.probe.resolution = 112
     return build(run_cfg.probe, path.stem)
 
 
