@@ -92,7 +92,7 @@ def test_preset_instantiates_and_runs(name, gt):
     deg = instantiate(OmegaConf.load(CONF / "degradation" / f"{name}.yaml"))
     assert isinstance(deg, Compose)
     assert deg.name == name
-    assert deg.task in {"bfr", "colorization", "inpainting", "deflicker"}
+    assert set(deg.task.split("+")) <= {"bfr", "colorization", "inpainting", "deflicker"}
     key = deg.key()
     assert isinstance(key, str) and len(key) == 16
 
@@ -121,6 +121,11 @@ def test_preset_instantiates_and_runs(name, gt):
         assert 0 < out.mask.mean() < 1
         assert (out.lq[out.mask] == 255).all()
         assert (out.mask == out.mask[0]).all()  # one mask for the video, as SVFR
+    elif name == "svfr_colorization_inpainting":
+        assert deg.task == "colorization+inpainting"
+        assert out.mask is not None and out.mask.shape == (T, H, W) and 0 < out.mask.mean() < 1
+        assert (out.lq[out.mask] == 255).all() and (out.mask == out.mask[0]).all()
+        assert (out.lq[..., 0] == out.lq[..., 1]).all() and (out.lq[..., 1] == out.lq[..., 2]).all()
     else:
         assert out.mask is None
 

@@ -213,6 +213,16 @@ class Evaluator:
             )
         return rows
 
+    def add_restorer_notes(self, clip_id: str, rows: list[dict]) -> None:
+        """What the restorer reports about a clip (e.g. SVFR: no face in its reference frame, so no
+        ID tokens) goes into the note of every row of that clip: the values depend on it."""
+        take_notes = getattr(self.restorer, "take_notes", None)
+        notes = [note for noted_clip, note in take_notes() if noted_clip == clip_id] if callable(take_notes) else []
+        if notes:
+            text = "restorer: " + "; ".join(notes)
+            for row in rows:
+                row["note"] = f"{row['note']}; {text}" if row["note"] else text
+
     def save_restored(self, clip_id: str, restored: torch.Tensor, fps: float) -> None:
         frames = to_numpy(restored[0])
         mode = self.cfg.save_restored
@@ -241,6 +251,8 @@ class Evaluator:
         self.store.record_provenance(
             {m.provenance().provenance_id: asdict(m.provenance()) for m in self.metrics.values()}
         )
+        if callable(getattr(self.restorer, "provenance", None)):  # what determines the restorer's outputs
+            self.store.record_provenance({"restorer": self.restorer.provenance()})
         self.store.merge_shards(clip_ids)
         finished = self.store.finished_clips()
         todo = [clip_id for clip_id in clip_ids if clip_id not in finished]
@@ -262,6 +274,7 @@ class Evaluator:
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - start
             rows = self.score(sample, restored)
+            self.add_restorer_notes(clip_id, rows)
             # outputs first: a clip counts as finished only once everything of it is written
             if self.cfg.save_restored not in (None, False, "none"):
                 self.save_restored(clip_id, restored, sample.fps)

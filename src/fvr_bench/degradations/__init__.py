@@ -15,7 +15,7 @@ Modules, one job each:
 from .base import DEGRADATION_VERSION, TASKS, DegradedClip, Op, clip_hash
 from .cache import LQCache
 from .codec import VideoCodec, encode_decode
-from .compose import Compose, build_degradation
+from .compose import Compose, build_degradation, task_parts
 from .masks import BrushStrokeMask
 from .ops import (
     BrightnessFlicker,
@@ -46,4 +46,5 @@ __all__ = [
     "build_degradation",
     "clip_hash",
     "encode_decode",
+    "task_parts",
 ]

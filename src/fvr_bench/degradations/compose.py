@@ -24,7 +24,6 @@ from .base import (
     DegradedClip,
     Op,
     as_op,
-    check_choice,
     child_seed,
     jsonable,
     root_seed_sequence,
@@ -32,11 +31,37 @@ from .base import (
 )
 
 
+def task_parts(task: str, owner: str = "task") -> tuple[str, ...]:
+    """The parts of a task, in :data:`TASKS` order: ``"inpainting+colorization"`` →
+    ``("colorization", "inpainting")``; a single task gives a 1-tuple.
+
+    A combined task is several :data:`TASKS` joined by ``+``, each at most once. Anything
+    else (an unknown or empty part, a repeated part, a non-string) is a ConfigError that
+    names ``owner``.
+    """
+    if not isinstance(task, str) or not task:
+        raise ConfigError(f"{owner}: {task!r} is not one of {', '.join(map(repr, TASKS))} (or several joined by '+')")
+    parts = [part.strip() for part in task.split("+")]
+    for part in parts:
+        if part not in TASKS:
+            raise ConfigError(
+                f"{owner}: {part!r} in {task!r} is not one of {', '.join(map(repr, TASKS))} "
+                "(a combined task joins several with '+', e.g. 'colorization+inpainting')"
+            )
+    repeated = sorted({part for part in parts if parts.count(part) > 1})
+    if repeated:
+        raise ConfigError(f"{owner}: {task!r} names {', '.join(map(repr, repeated))} more than once")
+    return tuple(t for t in TASKS if t in parts)
+
+
 class Compose:
     """Run ``ops`` in order on a clip; parameters drawn once per video unless ``per_frame``.
 
     name:        preset name (the yaml file name), part of the cache key.
-    task:        bfr | colorization | inpainting | deflicker (what restorers are asked to do).
+    task:        bfr | colorization | inpainting | deflicker (what restorers are asked to do),
+                 or several of them joined by ``+`` for a combined degradation (e.g.
+                 ``colorization+inpainting``: each part once; stored in :data:`TASKS` order,
+                 see :func:`task_parts`).
     ops:         the ops (Hydra instantiates the nested ``_target_`` nodes).
     per_frame:   draw every op's parameters for every frame independently (BFVR-STC
                  Table 6 ablation). Ops pin themselves with their own ``per_frame``.
@@ -69,7 +94,7 @@ class Compose:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"degradation name must be a non-empty string, got {name!r}")
         self.name = name
-        self.task = check_choice(task, f"degradation {name!r}: task", TASKS)
+        self.task = "+".join(task_parts(task, f"degradation {name!r}: task"))
         if not isinstance(per_frame, bool):
             raise ConfigError(f"degradation {name!r}: per_frame must be true or false, got {per_frame!r}")
         if not isinstance(shared_rng, bool):

@@ -1,8 +1,9 @@
 """``python -m fvr_bench train method=<m> stage=<s> data=<GT set>``: one training stage with Lightning.
 
 What runs comes from the config (see :mod:`fvr_bench.training`): the method's ``train.module``,
-its ``train.stages.<s>`` (degradation, window, batch, steps, precision, EMA, which earlier
-stage initialises it) and ``trainer`` (devices, strategy). The run directory
+its ``train.stages.<s>`` (degradation — or ``task_views`` for multi-task training, see
+:mod:`fvr_bench.training.views` — optional ``landmarks: dlib68``, window, batch, steps,
+precision, EMA, which earlier stage initialises it) and ``trainer`` (devices, strategy). The run directory
 ``<output_dir>/train/<data>/<method>/stage_<s>/`` holds ``checkpoints/`` (``last.ckpt`` and
 periodic ones), ``logs/`` (CSV), ``loss_curves.png``, ``config.yaml``, ``train.json`` and, unless
 the stage sets ``export: false``, the weights-only export ``restorer.safetensors`` + ``restorer.json``.
@@ -104,10 +105,17 @@ def train(cfg: DictConfig) -> Path:
         if not preset.is_file():
             raise ConfigError(f"stage {stage}: degradation preset {options.degradation!r} not found ({preset})")
         degradation = build_degradation(OmegaConf.load(preset))
+    views = None
+    if options.get("task_views") is not None:  # multi-task training (SVFR): several degraded views per window
+        from fvr_bench.training.views import task_views_from_config
+
+        if degradation is not None:
+            raise ConfigError(f"stage {stage}: set either degradation ({options.degradation}) or task_views, not both")
+        views = task_views_from_config(options.task_views)
     windows = ClipWindows(
         dataset, split_clips(cfg, dataset), frames=int(cfg.frames or options.frames), size=int(cfg.size or options.size),
         degradation=degradation, seed=int(cfg.seed), augment=bool(cfg.augment and not options.get("pre_extract")),
-        samples_per_epoch=cfg.samples_per_epoch,
+        samples_per_epoch=cfg.samples_per_epoch, views=views, landmarks=options.get("landmarks"),
     )
     datamodule = ClipWindowDataModule(windows, batch_size=int(cfg.batch_size or options.batch_size),
                                       num_workers=int(cfg.num_workers))
@@ -155,7 +163,9 @@ def train(cfg: DictConfig) -> Path:
         summary = {"method": cfg.method.name, "stage": stage, "data": cfg.data.name, "train_clips": windows.clip_ids,
                    "val_clips": list(cfg.val_clips or []), "global_step": trainer.global_step, "max_steps": max_steps,
                    "resumed_from": str(last) if resuming else None, "init_from": previous,
-                   "degradation": options.get("degradation"), "loss_curves": str(curves) if curves else None,
+                   "degradation": options.get("degradation"),
+                   "task_views": views.config() if views is not None else None,
+                   "landmarks": options.get("landmarks"), "loss_curves": str(curves) if curves else None,
                    "last_checkpoint": str(last), "export": str(exported) if exported else None}
         atomic_write_text(run_dir / "train.json", json.dumps(summary, indent=2))
     return run_dir
