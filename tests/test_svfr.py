@@ -11,13 +11,23 @@ from torch import nn
 from fvr_bench.errors import ConfigError, WeightsMissingError
 from fvr_bench.methods.svfr import sampling
 from fvr_bench.methods.svfr.networks import build_unet, unet_config, widen_conv_in
-from fvr_bench.methods.svfr.sampling import Conditioning, SamplerSettings, WindowedSampler, euler_step
-from fvr_bench.methods.svfr.tasks import grayscale, parse_tasks, prepare_input, task_prompt
+from fvr_bench.methods.svfr.sampling import (
+    Conditioning,
+    SamplerSettings,
+    WindowedSampler,
+    euler_step,
+)
+from fvr_bench.methods.svfr.tasks import (
+    grayscale,
+    parse_tasks,
+    prepare_input,
+    task_prompt,
+)
 
-SVD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                     prediction_type="v_prediction", interpolation_type="linear", use_karras_sigmas=True,
-                     sigma_min=0.002, sigma_max=700.0, timestep_spacing="leading", timestep_type="continuous",
-                     steps_offset=1)
+SVD_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                     "prediction_type": "v_prediction", "interpolation_type": "linear", "use_karras_sigmas": True,
+                     "sigma_min": 0.002, "sigma_max": 700.0, "timestep_spacing": "leading", "timestep_type": "continuous",
+                     "steps_offset": 1}
 
 
 def scheduler():
@@ -91,7 +101,7 @@ def test_euler_step_equals_diffusers_scheduler_step():
 
 
 def test_guidance_keeps_the_lq_latent_in_the_unconditional_branch():
-    cond, init, noise = video_cond(4, guided=True)
+    cond, init, _noise = video_cond(4, guided=True)
     unet = ElementwiseUNet()
     sampler = WindowedSampler(unet, scheduler(), SamplerSettings(steps=1, window=4, guidance_scale=2.0))
     x = [init]
@@ -147,12 +157,12 @@ def test_input_preparation_per_task():
 
 # ---------------------------------------------------------------------- networks and official layouts
 
-SVD_XT_UNET = dict(sample_size=96, in_channels=8, out_channels=4,
-                   down_block_types=["CrossAttnDownBlockSpatioTemporal"] * 3 + ["DownBlockSpatioTemporal"],
-                   up_block_types=["UpBlockSpatioTemporal"] + ["CrossAttnUpBlockSpatioTemporal"] * 3,
-                   block_out_channels=[320, 640, 1280, 1280], addition_time_embed_dim=256,
-                   projection_class_embeddings_input_dim=768, layers_per_block=2, cross_attention_dim=1024,
-                   transformer_layers_per_block=1, num_attention_heads=[5, 10, 20, 20], num_frames=25)
+SVD_XT_UNET = {"sample_size": 96, "in_channels": 8, "out_channels": 4,
+                   "down_block_types": ["CrossAttnDownBlockSpatioTemporal"] * 3 + ["DownBlockSpatioTemporal"],
+                   "up_block_types": ["UpBlockSpatioTemporal"] + ["CrossAttnUpBlockSpatioTemporal"] * 3,
+                   "block_out_channels": [320, 640, 1280, 1280], "addition_time_embed_dim": 256,
+                   "projection_class_embeddings_input_dim": 768, "layers_per_block": 2, "cross_attention_dim": 1024,
+                   "transformer_layers_per_block": 1, "num_attention_heads": [5, 10, 20, 20], "num_frames": 25}
 
 
 def test_official_unet_pth_layout_at_paper_scale():
@@ -206,3 +216,48 @@ def test_missing_release_files_are_listed_before_anything_is_built(tmp_path, mon
     message = str(error.value)
     for name in ("unet.pth", "id_linear.pth", "insightface_glint360k.pth", "stable-video-diffusion-img2vid-xt"):
         assert name in message
+
+
+def test_release_files_in_their_official_layout_load_strictly(tmp_path, tiny_unet_config):
+    """unet.pth (diffusers UNet keys, fp16, conv_in with 12 inputs), id_linear.pth (project1024 /
+    final_norm) and insightface_glint360k.pth (arcface_torch IResNet keys) as the release stores them."""
+    from fvr_bench.methods.svfr.identity import IDTokenProjection
+    from fvr_bench.methods.svfr.iresnet import IResNet
+    from fvr_bench.methods.svfr.restorer import load_restorer
+
+    torch.manual_seed(5)
+    unet = build_unet(unet_config(tiny_unet_config, None))
+    release_unet = {k: v.half() for k, v in unet.state_dict().items()}
+    assert tuple(release_unet["conv_in.weight"].shape) == (32, 12, 3, 3)
+    assert not any(k.startswith(("unet.", "module.")) for k in release_unet)
+    torch.save(release_unet, tmp_path / "unet.pth")
+    projection = IDTokenProjection(512, 32)
+    torch.save({k: v.half() for k, v in projection.state_dict().items()}, tmp_path / "id_linear.pth")
+    assert set(projection.state_dict()) == {"project1024.weight", "final_norm.weight", "final_norm.bias"}
+    arcface = IResNet([1, 1, 1, 1])
+    torch.save(arcface.state_dict(), tmp_path / "insightface_glint360k.pth")
+
+    from omegaconf import OmegaConf
+
+    from fvr_bench.config import CONF_DIR
+
+    architecture = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "method" / "svfr_tiny.yaml").architecture)
+    restorer = load_restorer(architecture, {"size": 32}, checkpoint=tmp_path / "unet.pth",
+                             id_projection=tmp_path / "id_linear.pth", arcface=tmp_path / "insightface_glint360k.pth",
+                             dtype="float32", vae_dtype="float32")
+    for name, value in restorer.unet.state_dict().items():
+        assert torch.equal(value, release_unet[name].float())
+    assert torch.equal(restorer.identity.projection.project1024.weight, projection.project1024.weight.half().float())
+    assert torch.equal(restorer.identity.arcface.fc.weight, arcface.fc.weight)
+    assert all(str(p.device) != "meta" for p in restorer.parameters())
+    assert "unet.pth (official layout)" in restorer.provenance()["weights"]["unet"]
+
+    release_unet["conv_in.weight"] = release_unet["conv_in.weight"][:, :8]  # SVD-xt's own 8-channel conv_in
+    torch.save(release_unet, tmp_path / "svd_unet.pth")
+    with pytest.raises(ConfigError, match=r"conv_in.weight.*\(32, 8, 3, 3\)"):
+        load_restorer(architecture, {"size": 32}, checkpoint=tmp_path / "svd_unet.pth", id_projection=tmp_path / "id_linear.pth",
+                      arcface=tmp_path / "insightface_glint360k.pth")
+    torch.save({**projection.state_dict(), "extra.weight": torch.zeros(1)}, tmp_path / "bad_linear.pth")
+    with pytest.raises(ConfigError, match="unexpected key.*extra.weight"):
+        load_restorer(architecture, {"size": 32}, checkpoint=tmp_path / "unet.pth", id_projection=tmp_path / "bad_linear.pth",
+                      arcface=tmp_path / "insightface_glint360k.pth")

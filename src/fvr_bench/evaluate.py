@@ -23,7 +23,13 @@ from fvr_bench import weights
 from fvr_bench.config import build
 from fvr_bench.data.base import ClipSample, VideoDataset
 from fvr_bench.degradations import LQCache, build_degradation
-from fvr_bench.errors import ClipNotScorableError, ConfigError, DataError, RestorerOutputError, WeightsMissingError
+from fvr_bench.errors import (
+    ClipNotScorableError,
+    ConfigError,
+    DataError,
+    RestorerOutputError,
+    WeightsMissingError,
+)
 from fvr_bench.metrics.base import ClipMetric, SetMetric, VideoMetric
 from fvr_bench.results import ResultStore, RunLock
 from fvr_bench.video import to_numpy, to_tensor, write_frame_folder, write_video

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fvr_bench.errors import ConfigError

@@ -35,10 +35,24 @@ from fvr_bench import weights as weight_registry
 from fvr_bench.degradations.base import clip_hash
 from fvr_bench.errors import ConfigError, WeightsMissingError
 from fvr_bench.methods.base import NetworkRestorer, parse_dtype, resize_video
-from fvr_bench.methods.svfr.identity import ID_CROPS, IDTokenProjection, ReferenceIdentity
+from fvr_bench.methods.svfr.identity import (
+    ID_CROPS,
+    IDTokenProjection,
+    ReferenceIdentity,
+)
 from fvr_bench.methods.svfr.iresnet import IResNet
-from fvr_bench.methods.svfr.networks import build_scheduler, build_unet, build_vae, locate_svd_dir, unet_config
-from fvr_bench.methods.svfr.sampling import Conditioning, SamplerSettings, WindowedSampler
+from fvr_bench.methods.svfr.networks import (
+    build_scheduler,
+    build_unet,
+    build_vae,
+    locate_svd_dir,
+    unet_config,
+)
+from fvr_bench.methods.svfr.sampling import (
+    Conditioning,
+    SamplerSettings,
+    WindowedSampler,
+)
 from fvr_bench.methods.svfr.tasks import parse_tasks, prepare_input, task_prompt
 from fvr_bench.state_dicts import load_state, read_state
 
@@ -337,7 +351,7 @@ def check_export_config(path: Path, architecture: Mapping) -> None:
     if path.suffix != ".safetensors" or not config_file.is_file():
         return
     recorded = (json.loads(config_file.read_text()).get("architecture") or {}).get("unet")
-    normal = lambda value: json.loads(json.dumps(value))  # noqa: E731 - tuples → lists, as the JSON holds them
+    normal = lambda value: json.loads(json.dumps(value))
     if normal(recorded) != normal(architecture.get("unet")):
         raise ConfigError(f"{path}: exported with architecture.unet={recorded!r} ({config_file}); this config has "
                           f"{architecture.get('unet')!r} — use the config the weights were trained with")
@@ -415,7 +429,9 @@ def load_restorer(architecture: Mapping, restore: Mapping | None = None, checkpo
     restorer = SVFRRestorer(unet, vae, scheduler, identity, restore=restore, name=name, architecture=architecture,
                             sources=sources)
     restorer.eval().requires_grad_(False)
-    unet.to(target), arcface_net.to(target), projection.to(target), vae.to(target_vae)
+    # nn.Module.to: diffusers' ModelMixin.to warns about float32 islands these models do not have
+    for net, net_dtype in ((unet, target), (arcface_net, target), (projection, target), (vae, target_vae)):
+        nn.Module.to(net, net_dtype)
     return restorer
 
 

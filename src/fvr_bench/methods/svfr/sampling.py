@@ -165,12 +165,15 @@ class WindowedSampler:
         latents = init_latents.float() + noise.float() * sigmas[0]  # EulerDiscreteScheduler.add_noise
         branches = self._branches(cond, window)
         weights = triangular_weights(window).to(latents.device)
+        # a window shorter than the overlap (clips under 4 frames in pass 1) would stride backwards:
+        # the official loop then runs no window at all and divides by a zero counter
+        overlap = min(s.overlap, window - 1)
         shift = 0
         for step, timestep in enumerate(timesteps):
             sigma, sigma_next = float(sigmas[step]), float(sigmas[step + 1])
             blended = torch.zeros_like(latents)
             counter = torch.zeros(total, device=latents.device)
-            starts = window_starts(total, window, s.overlap, step, s.overlap_steps, shift)
+            starts = window_starts(total, window, overlap, step, s.overlap_steps, shift)
             for group in self._groups(starts):
                 indices = [torch.arange(start, start + window, device=latents.device) % total for start in group]
                 windows = [latents[:, idx] for idx in indices]
@@ -181,7 +184,7 @@ class WindowedSampler:
                     blended[0].index_add_(0, idx, stepped * weights.view(-1, 1, 1, 1))
                     counter.index_add_(0, idx, weights)
             latents = blended / counter.view(1, -1, 1, 1, 1)
-            shift = (shift + s.overlap) % window
+            shift = (shift + overlap) % window
             if progress is not None:
                 progress()
         return latents

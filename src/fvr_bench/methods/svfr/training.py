@@ -29,7 +29,12 @@ from torch import nn
 from fvr_bench.errors import ConfigError
 from fvr_bench.methods.base import TrainingModule
 from fvr_bench.methods.svfr.heads import LandmarkHead, LatentTransformer
-from fvr_bench.methods.svfr.objectives import SVFRObjective, add_noise, scale_input, ulr_views
+from fvr_bench.methods.svfr.objectives import (
+    SVFRObjective,
+    add_noise,
+    scale_input,
+    ulr_views,
+)
 from fvr_bench.methods.svfr.restorer import SVFRRestorer, plain
 from fvr_bench.methods.svfr.sampling import ID_TOKENS
 from fvr_bench.methods.svfr.tasks import SVFR_TASKS
