@@ -10,7 +10,7 @@ from torch import nn
 
 from fvr_bench.errors import ConfigError, WeightsMissingError
 from fvr_bench.methods.svfr import sampling
-from fvr_bench.methods.svfr.networks import build_unet, unet_config, widen_conv_in
+from fvr_bench.methods.svfr.networks import SVD_XT_UNET, build_unet, unet_config, widen_conv_in
 from fvr_bench.methods.svfr.sampling import (
     Conditioning,
     SamplerSettings,
@@ -157,12 +157,6 @@ def test_input_preparation_per_task():
 
 # ---------------------------------------------------------------------- networks and official layouts
 
-SVD_XT_UNET = {"sample_size": 96, "in_channels": 8, "out_channels": 4,
-                   "down_block_types": ["CrossAttnDownBlockSpatioTemporal"] * 3 + ["DownBlockSpatioTemporal"],
-                   "up_block_types": ["UpBlockSpatioTemporal"] + ["CrossAttnUpBlockSpatioTemporal"] * 3,
-                   "block_out_channels": [320, 640, 1280, 1280], "addition_time_embed_dim": 256,
-                   "projection_class_embeddings_input_dim": 768, "layers_per_block": 2, "cross_attention_dim": 1024,
-                   "transformer_layers_per_block": 1, "num_attention_heads": [5, 10, 20, 20], "num_frames": 25}
 
 
 def test_official_unet_pth_layout_at_paper_scale():
@@ -261,3 +255,12 @@ def test_release_files_in_their_official_layout_load_strictly(tmp_path, tiny_une
     with pytest.raises(ConfigError, match="unexpected key.*extra.weight"):
         load_restorer(architecture, {"size": 32}, checkpoint=tmp_path / "unet.pth", id_projection=tmp_path / "bad_linear.pth",
                       arcface=tmp_path / "insightface_glint360k.pth")
+
+
+def test_skipping_the_identical_branch_changes_nothing():
+    cond, init, noise = video_cond(6, guided=False)
+    both_unet = ElementwiseUNet()
+    both = WindowedSampler(both_unet, scheduler(), SamplerSettings(steps=2, window=4, skip_identical_branch=False))
+    one = WindowedSampler(ElementwiseUNet(), scheduler(), SamplerSettings(steps=2, window=4))
+    assert torch.equal(both.sample(cond, init, noise, 4), one.sample(cond, init, noise, 4))
+    assert all(shape[0] == 2 for shape in both_unet.calls)  # the official pass 1: uncond and cond, both empty

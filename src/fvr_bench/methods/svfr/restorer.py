@@ -103,6 +103,7 @@ class RestoreSettings:
     decode_chunk: int = 16
     window_batch: int = 1
     sequential_cfg: bool = False
+    skip_identical_branch: bool = True
     seed: int = 0
 
     @classmethod
@@ -126,7 +127,8 @@ class RestoreSettings:
     def sampler(self, steps: int) -> SamplerSettings:
         return SamplerSettings(steps=steps, guidance_scale=self.guidance_scale, window=self.window, overlap=self.overlap,
                                overlap_steps=self.overlap_steps, i2i_strength=self.i2i_strength,
-                               window_batch=self.window_batch, sequential_cfg=self.sequential_cfg)
+                               window_batch=self.window_batch, sequential_cfg=self.sequential_cfg,
+                               skip_identical_branch=self.skip_identical_branch)
 
 
 class SVFRRestorer(NetworkRestorer):
@@ -330,7 +332,7 @@ def _load_arcface(net: nn.Module, explicit: str | Path | None, allow_random_weig
             raise WeightsMissingError(weight_registry.missing_message("svfr_arcface_glint360k", explicit))
         log.warning("svfr: ArcFace for the ID tokens has RANDOM weights (allow_random_weights) — tests only")
         return "random (allow_random_weights)"
-    load_state(net, read_state(path), str(path), dtype=dtype, assign=True)
+    load_state(net, with_bn_counters(net, read_state(path)), str(path), dtype=dtype, assign=True)
     return str(path)
 
 

@@ -36,7 +36,9 @@ class SamplerSettings:
     window / overlap / overlap_steps: the circular windows (official 16 / 3 / 3);
     i2i_strength: fraction of the schedule run from the noised LQ latent (official 1.0);
     window_batch: windows per UNet call (1 = the official order; more is faster on a GPU);
-    sequential_cfg: run the two guidance branches one after the other (half the activations)."""
+    sequential_cfg: run the two guidance branches one after the other (half the activations);
+    skip_identical_branch: one UNet pass when both branches are equal (no reference, no ID
+    tokens: the official pass 1), exactly the same result; False runs both, as the official code."""
 
     steps: int = 30
     guidance_scale: float = 2.0
@@ -46,6 +48,7 @@ class SamplerSettings:
     i2i_strength: float = 1.0
     window_batch: int = 1
     sequential_cfg: bool = False
+    skip_identical_branch: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.window < 1 or not 0 <= self.overlap < self.window or self.window_batch < 1:
@@ -117,7 +120,7 @@ class WindowedSampler:
         zero_tokens = lq.new_zeros(1, ID_TOKENS, dim)
         zero_ref = lq.new_zeros(1, frames, *lq.shape[2:])
         uncond = (zero_tokens, zero_ref)
-        if not cond.guided:
+        if not cond.guided and self.settings.skip_identical_branch:
             return [uncond]
         tokens = cond.id_tokens if cond.id_tokens is not None else zero_tokens
         ref = cond.reference[:, None].expand(1, frames, *cond.reference.shape[1:]) if cond.reference is not None else zero_ref
