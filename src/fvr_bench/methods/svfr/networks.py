@@ -26,16 +26,16 @@ from fvr_bench.errors import ConfigError, WeightsMissingError
 
 # SVD-xt's unet/config.json (stabilityai/stable-video-diffusion-img2vid-xt) — what the release's unet.pth
 # was trained from; for meta-device layout checks and the paper-scale benchmark (random weights)
-SVD_XT_UNET = dict(sample_size=96, in_channels=8, out_channels=4,
-                   down_block_types=["CrossAttnDownBlockSpatioTemporal"] * 3 + ["DownBlockSpatioTemporal"],
-                   up_block_types=["UpBlockSpatioTemporal"] + ["CrossAttnUpBlockSpatioTemporal"] * 3,
-                   block_out_channels=[320, 640, 1280, 1280], addition_time_embed_dim=256,
-                   projection_class_embeddings_input_dim=768, layers_per_block=2, cross_attention_dim=1024,
-                   transformer_layers_per_block=1, num_attention_heads=[5, 10, 20, 20], num_frames=25)
+SVD_XT_UNET = {"sample_size": 96, "in_channels": 8, "out_channels": 4,
+                   "down_block_types": ["CrossAttnDownBlockSpatioTemporal"] * 3 + ["DownBlockSpatioTemporal"],
+                   "up_block_types": ["UpBlockSpatioTemporal"] + ["CrossAttnUpBlockSpatioTemporal"] * 3,
+                   "block_out_channels": [320, 640, 1280, 1280], "addition_time_embed_dim": 256,
+                   "projection_class_embeddings_input_dim": 768, "layers_per_block": 2, "cross_attention_dim": 1024,
+                   "transformer_layers_per_block": 1, "num_attention_heads": [5, 10, 20, 20], "num_frames": 25}
 # SVD-xt's vae/config.json (AutoencoderKLTemporalDecoder): 8× spatial, 4 latent channels
-SVD_XT_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
-                  block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4, sample_size=768,
-                  scaling_factor=0.18215, force_upcast=True)
+SVD_XT_VAE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
+                  "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4, "sample_size": 768,
+                  "scaling_factor": 0.18215, "force_upcast": True}
 
 IN_CHANNELS = 12        # noisy | LQ | reference latents
 SVD_IN_CHANNELS = 8     # SVD-xt's own conv_in (noisy | conditioning frame)

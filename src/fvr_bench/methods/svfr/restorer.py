@@ -39,6 +39,7 @@ from fvr_bench.methods.svfr.identity import (
     ID_CROPS,
     IDTokenProjection,
     ReferenceIdentity,
+    with_bn_counters,
 )
 from fvr_bench.methods.svfr.iresnet import IResNet
 from fvr_bench.methods.svfr.networks import (

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 from fvr_bench.weights import WeightFile
 
-_RELEASE = ("wangzhiyaoo/SVFR release (https://github.com/wangzhiyaoo/SVFR, Google Drive link in its README; "
-            "mirror huggingface.co/zsxkib/SVFR-Weights)")
-_RELEASE_LICENCE = "non-commercial research use only (SVFR README; code MIT)"
-
 WEIGHTS = (
     WeightFile("svd_xt_diffusers", "stable-video-diffusion-img2vid-xt",
                "https://huggingface.co/stabilityai/stable-video-diffusion-img2vid-xt (gated) — SVFR reads vae/ "
@@ -21,12 +17,15 @@ WEIGHTS = (
                "unused CLIP image encoder are not needed at inference (training starts from unet/ weights)",
                "stable-video-diffusion-community", ("svfr",), directory=True),
     WeightFile("svfr_unet", "unet.pth",
-               f"{_RELEASE}; fp16 pickle, 3.05 GB: the full SVD UNet state dict, conv_in [320, 12, 3, 3]",
-               _RELEASE_LICENCE, ("svfr",)),
+               "wangzhiyaoo/SVFR release (github.com/wangzhiyaoo/SVFR README: Google Drive; mirror "
+               "huggingface.co/zsxkib/SVFR-Weights); fp16 pickle, 3.05 GB: the full SVD UNet state dict, conv_in [320, 12, 3, 3]",
+               "non-commercial research use only (SVFR README; code MIT)", ("svfr",)),
     WeightFile("svfr_id_linear", "id_linear.pth",
-               f"{_RELEASE}; fp16 pickle, 1.05 MB: project1024.weight [1024, 512, 1, 1], final_norm.weight/bias [1024]",
-               _RELEASE_LICENCE, ("svfr",)),
+               "wangzhiyaoo/SVFR release (github.com/wangzhiyaoo/SVFR README: Google Drive; mirror "
+               "huggingface.co/zsxkib/SVFR-Weights); fp16 pickle, 1.05 MB: project1024.weight [1024, 512, 1, 1], final_norm.weight/bias [1024]",
+               "non-commercial research use only (SVFR README; code MIT)", ("svfr",)),
     WeightFile("svfr_arcface_glint360k", "insightface_glint360k.pth",
-               f"{_RELEASE}; fp32 pickle, 261 MB: insightface arcface_torch iresnet100 trained on Glint360K",
+               "wangzhiyaoo/SVFR release (github.com/wangzhiyaoo/SVFR README: Google Drive; mirror "
+               "huggingface.co/zsxkib/SVFR-Weights); fp32 pickle, 261 MB: insightface arcface_torch iresnet100 trained on Glint360K",
                "insightface model terms: non-commercial research use", ("svfr",)),
 )
