@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -142,8 +144,8 @@ def test_ablation_switches_remove_their_terms(tmp_path):
     assert "ulr" not in parts and "prior" not in parts and torch.equal(parts["loss"], parts["noise"])
 
 
-def test_train_export_run_and_table(tiny_data_dir, tmp_path):
-    from fvr_bench.evaluate import evaluate
+def test_train_export_run_and_table(tiny_data_dir, tmp_path, capsys):
+    from fvr_bench.cli import main
     from fvr_bench.tables.paper import build_table
     from fvr_bench.training.checkpoints import load_weights
     from fvr_bench.training.run import train
@@ -168,8 +170,25 @@ def test_train_export_run_and_table(tiny_data_dir, tmp_path):
     torch.testing.assert_close(from_export.restore(lq, clip_ids=["x"]), from_ckpt.restore(lq, clip_ids=["x"]),
                                rtol=0, atol=1e-4)
 
-    run_dir = evaluate(compose("run", overrides(tiny_data_dir, tmp_path, *extra, f"method.checkpoint={export}")))
-    table = build_table("svfr_t2", tmp_path / "outputs", any_data=True)
-    [row] = [r for r in table.rows if r.source == "measured"]
-    assert row.method == "svfr_tiny (sample)" and row.cells["PSNR"] not in ("", None)
-    assert "restorer" in (run_dir / "provenance.json").read_text()
+    main(["run", *overrides(tiny_data_dir, tmp_path, *extra, f"method.checkpoint={export}")])  # the CLI, in-process
+    run_dir = tmp_path / "outputs" / "sample" / "svfr_t2_bfr" / "svfr_tiny"
+    assert json.loads((run_dir / "provenance.json").read_text())["restorer"]["restore"]["id_crop"] == "svfr_official"
+    capsys.readouterr()
+    main(["table", "table=svfr_t2", "any_data=true", f"paths.output_dir={tmp_path / 'outputs'}"])
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "| measured |" in line]
+    assert "svfr_tiny (sample)" in line
+    [row] = [r for r in build_table("svfr_t2", tmp_path / "outputs", any_data=True).rows if r.source == "measured"]
+    assert row.cells["PSNR"] not in ("", None)
+
+
+@pytest.mark.gpu
+def test_half_precision_on_the_gpu_follows_float32_on_the_cpu(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    lq = torch.rand(1, 9, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    cpu = tiny_restorer(tmp_path).restore(lq, clip_ids=["g"])
+    gpu = tiny_restorer(tmp_path, "method.restorer.dtype=float16", "method.restorer.vae_dtype=float16",
+                        "method.restore.window_batch=4").to("cuda")
+    out = gpu.restore(lq.cuda(), clip_ids=["g"]).cpu()
+    assert out.shape == cpu.shape and torch.isfinite(out).all()
+    assert (out - cpu).abs().mean() < 0.02
