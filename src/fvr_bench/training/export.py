@@ -10,8 +10,6 @@ memory-mapped, straight into the networks' dtype (built on the meta device).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,24 +17,13 @@ from typing import Any
 import torch
 
 from fvr_bench.errors import ConfigError
+from fvr_bench.io import atomic_write_with
 
 WEIGHTS_FILE = "restorer.safetensors"
 CONFIG_FILE = "restorer.json"
 USAGE = ("usage: python -m fvr_bench export <checkpoint> [--out <folder>] method=<m> [<override> ...]\n"
          "  writes <folder>/restorer.safetensors + restorer.json (default folder: the stage directory of a\n"
          "  <stage dir>/checkpoints/*.ckpt, else the checkpoint's folder); overrides as for `run`.")
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def restorer_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -54,8 +41,8 @@ def write_export(state: Mapping[str, torch.Tensor], config: Mapping[str, Any], f
     folder = Path(folder)
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
     weights_file = folder / WEIGHTS_FILE
-    _atomic_write(weights_file, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(dict(config), indent=2) + "\n"))
+    atomic_write_with(weights_file, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write_with(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(dict(config), indent=2) + "\n"))
     return weights_file
 
 
