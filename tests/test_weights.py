@@ -75,6 +75,9 @@ DECLARED = {
     "fvr_bench.methods.bfvr_stc.weights_declared": {"bfvr_stc_official", "dinov2_vits14"},
     "fvr_bench.methods.vividface.weights_declared": {"wan21_t2v_1_3b_diffusers", "bisenet_face_parsing"},
     "fvr_bench.methods.svfr.weights_declared": {"svd_xt_diffusers", "svfr_unet", "svfr_id_linear", "svfr_arcface_glint360k"},
+    "fvr_bench.methods.ip_fvr.weights_declared": {"venhancer_paper", "venhancer_v2", "open_clip_vit_h14_laion2b",
+                                                  "sd21_vae_diffusers", "ip_fvr_image_prompt", "face2text_attributes",
+                                                  "face2text_emotion"},
     "fvr_bench.curation.weights_declared": {"qwen25_vl_7b_instruct"},
 }
 
@@ -91,7 +94,7 @@ def test_every_declared_name_is_discovered_with_its_owner():
     table = weights.declarations()
     assert {name: module for name, (_, module) in table.items()} == {
         name: module for module, names in DECLARED.items() for name in names}
-    assert set(weights.REGISTRY) == set(table) and len(weights.REGISTRY) == 34
+    assert set(weights.REGISTRY) == set(table) and len(weights.REGISTRY) == 41
     for name in table:
         assert weights.entry(name) is weights.REGISTRY[name] and weights.entry(name).name == name
     rows = {row["name"]: row for row in weights.status()}
@@ -133,7 +136,7 @@ def test_a_new_declaration_module_appears_without_editing_weights(tmp_path, monk
     assert rows["newmethod_ckpt"] == {
         "name": "newmethod_ckpt", "state": "missing", "path": str(weights.USER_CACHE / "newmethod.pth"),
         "used_by": "newmethod", "declared_in": "fvr_plugin.methods.newmethod.weights_declared"}
-    assert len(rows) == 35 and "clip_vit_b32" in rows
+    assert len(rows) == 42 and "clip_vit_b32" in rows
     with pytest.raises(WeightsMissingError, match="newmethod.pth"):
         weights.locate("newmethod_ckpt")
     empty_caches.mkdir()
