@@ -1,6 +1,6 @@
 # make demo   — create .venv, install, prepare the embedded sample data, run the main job, print the leaderboard
 # make test   — install dev extras, run the fast test tier (CPU, < 5 min on 2 cores)
-# make bench  — throughput of degradations and metrics; BFVR-STC, VividFace and SVFR inference (paper
+# make bench  — throughput of degradations and metrics; BFVR-STC, VividFace, SVFR and IP-FVR inference (paper
 #               scale on a GPU, the tiny configs as a smoke check without one); prints the device
 PYTHON ?= python3
 VENV ?= .venv
@@ -49,6 +49,7 @@ bench: install
 	$(BIN)/python bench/bench_bfvr_stc.py $(BENCH_SCALE)
 	$(BIN)/python bench/bench_vividface.py $(BENCH_SCALE)
 	$(BIN)/python bench/bench_svfr.py $(BENCH_SCALE)
+	$(BIN)/python bench/bench_ip_fvr.py $(BENCH_SCALE)
 
 clean:
 	rm -rf outputs .cache/fvr_bench

@@ -46,6 +46,15 @@ def test_three_guidance_streams_with_a_reference_and_two_without(tmp_path, monke
     assert torch.equal(without, restorer.restore(lq, out_size=(32, 32), clip_ids=["a"]))  # seeded per clip
 
 
+def test_streams_one_at_a_time_give_the_batched_result(tmp_path):
+    lq = torch.rand(1, 3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    reference = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    batched = tiny_restorer(tmp_path).restore(lq, reference=reference, out_size=(32, 32), clip_ids=["s"])
+    one_by_one = tiny_restorer(tmp_path, "method.restore.batch_streams=false").restore(
+        lq, reference=reference, out_size=(32, 32), clip_ids=["s"])
+    torch.testing.assert_close(batched, one_by_one, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("frames", [1, 5, 9])
 def test_any_length_in_same_length_out(tmp_path, frames):
     out = tiny_restorer(tmp_path, "method.restore.blending=aligned").restore(torch.rand(1, frames, 3, 6, 10),
@@ -134,3 +143,19 @@ def test_train_identity_then_run_it_through_the_cli_with_a_reference(tiny_data_d
     with pytest.raises(ConfigError, match="carphone"):  # an unknown identity lists the ones there are
         tiny_restorer(tmp_path / "outputs", "method.identity=nobody", f"method.identity_dir={lora.parent}")
     assert np.isfinite(float(rows.splitlines()[1].split(",")[2]))
+
+
+def test_the_reward_encoder_is_differentiable_for_the_arcface_embedder():
+    from types import SimpleNamespace
+
+    from fvr_bench.methods.ip_fvr.training import AlignedFrameArcFace, reward_embedder
+
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.Flatten(), torch.nn.LazyLinear(512))
+    arcface_like = SimpleNamespace(_backend=lambda: SimpleNamespace(network=lambda device: network))
+    encoder = reward_embedder(arcface_like)
+    assert isinstance(encoder, AlignedFrameArcFace) and not any(p.requires_grad for p in encoder.parameters())
+    frames = torch.rand(3, 3, 40, 40, requires_grad=True)
+    embeddings = encoder(frames)
+    assert embeddings.shape == (3, 512) and torch.allclose(embeddings.norm(dim=-1), torch.ones(3))
+    embeddings.sum().backward()
+    assert frames.grad is not None and frames.grad.abs().sum() > 0

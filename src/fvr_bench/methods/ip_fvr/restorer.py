@@ -44,8 +44,17 @@ from fvr_bench.methods.ip_fvr.image_prompt import (
     set_decoupled_attention,
     set_scale,
 )
-from fvr_bench.methods.ip_fvr.long_video import ExponentialBlender, SharedStepNoise, clip_spans, stitch
-from fvr_bench.methods.ip_fvr.sampler import cfg_with_rescale, multi_stream_guidance, venhancer_sample
+from fvr_bench.methods.ip_fvr.long_video import (
+    ExponentialBlender,
+    SharedStepNoise,
+    clip_spans,
+    stitch,
+)
+from fvr_bench.methods.ip_fvr.sampler import (
+    cfg_with_rescale,
+    multi_stream_guidance,
+    venhancer_sample,
+)
 from fvr_bench.methods.ip_fvr.schedule import NoiseSchedule
 from fvr_bench.methods.ip_fvr.text import TextEncoder, load_open_clip_text
 from fvr_bench.state_dicts import read_state
@@ -92,6 +101,7 @@ class RestoreSettings:
     padding: str = "legal"            # legal (smallest size the UNet accepts) | venhancer_720x1280 (official)
     decode_chunk: int = 8
     native_scale: int = 4             # output = this × the LQ size when no out_size is asked (YouRef: r = 4)
+    batch_streams: bool = True        # the guidance streams in one batch (False: one after the other, less memory)
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -229,7 +239,19 @@ class IPFVRRestorer(NetworkRestorer):
                 ["pos", "neg_text", "neg_visual"])
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, contexts: list[torch.Tensor], hint: torch.Tensor) -> torch.Tensor:
-        """Guided v ``(1, 4, F, h, w)``: the guidance streams in one batch through ControlNet + UNet."""
+        """Guided v ``(1, 4, F, h, w)``: the guidance streams through ControlNet + UNet (one batch,
+        or one stream at a time with ``batch_streams: false``)."""
+        s = self.settings
+        groups = [contexts] if s.batch_streams else [[c] for c in contexts]
+        out = torch.cat([self._streams(x_t, t, group, hint) for group in groups])
+        if s.guidance == "venhancer_cfg":
+            return cfg_with_rescale(out[0:1], out[1:2], s.guide_scale, s.guide_rescale)
+        if len(contexts) == 2:  # no reference: no negative visual stream
+            return multi_stream_guidance(out[0:1], out[1:2], out[0:1], s.w_nt, 0.0)
+        return multi_stream_guidance(out[0:1], out[1:2], out[2:3], s.w_nt, s.w_nv)
+
+    def _streams(self, x_t: torch.Tensor, t: torch.Tensor, contexts: list[torch.Tensor], hint: torch.Tensor) -> torch.Tensor:
+        """Unguided v of each context ``(S, 4, F, h, w)`` float32, the S streams as one batch."""
         s = self.settings
         dtype = self.unet.dtype
         streams = len(contexts)
@@ -240,13 +262,8 @@ class IPFVRRestorer(NetworkRestorer):
         hint_t = torch.full((streams,), s.noise_aug - 1, device=x_t.device)
         down, mid = self.controlnet(sample, timestep, text_only, hint=hint.expand(streams, *hint.shape[1:]).to(dtype),
                                     hint_timestep=hint_t, scale=torch.full((streams,), s.s_cond, device=x_t.device))
-        out = self.unet(sample, timestep, encoder_hidden_states=context, down_block_additional_residuals=down,
-                        mid_block_additional_residual=mid, return_dict=False)[0].float()
-        if s.guidance == "venhancer_cfg":
-            return cfg_with_rescale(out[0:1], out[1:2], s.guide_scale, s.guide_rescale)
-        if streams == 2:
-            return multi_stream_guidance(out[0:1], out[1:2], out[0:1], s.w_nt, 0.0)
-        return multi_stream_guidance(out[0:1], out[1:2], out[2:3], s.w_nt, s.w_nv)
+        return self.unet(sample, timestep, encoder_hidden_states=context, down_block_additional_residuals=down,
+                         mid_block_additional_residual=mid, return_dict=False)[0].float()
 
     # ------------------------------------------------------------------ restore
 
@@ -414,7 +431,9 @@ def _assemble(architecture: Mapping, restore: Mapping | None, name: str, checkpo
             if architecture.get("face_embedder") == "random":
                 face_embedder = RandomFaceEmbedder(seed)
             else:
-                from fvr_bench.methods.ip_fvr.image_prompt import ArcFaceReferenceEmbedder
+                from fvr_bench.methods.ip_fvr.image_prompt import (
+                    ArcFaceReferenceEmbedder,
+                )
 
                 face_embedder = ArcFaceReferenceEmbedder()
         image_encoder = FaceImageEncoder(projection, face_embedder)
@@ -439,7 +458,10 @@ def _assemble(architecture: Mapping, restore: Mapping | None, name: str, checkpo
 
 def _face2text(architecture: Mapping) -> Face2Text:
     """Face2Text with the user's classifier files when both are found (TorchScript), else its named default."""
-    from fvr_bench.methods.ip_fvr.face2text import attribute_classifier, emotion_classifier
+    from fvr_bench.methods.ip_fvr.face2text import (
+        attribute_classifier,
+        emotion_classifier,
+    )
 
     found = {name: weight_registry.find(name) for name in ("face2text_attributes", "face2text_emotion")}
     attribute = emotion = None

@@ -28,18 +28,49 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from fvr_bench.errors import ConfigError
 from fvr_bench.methods.base import TrainingModule
 from fvr_bench.methods.ip_fvr.face2text import with_quality
 from fvr_bench.methods.ip_fvr.image_prompt import image_prompt_state, join_context
-from fvr_bench.methods.ip_fvr.lora import add_identity_lora, lora_config, lora_meta, lora_state, save_identity_lora
+from fvr_bench.methods.ip_fvr.lora import (
+    add_identity_lora,
+    lora_config,
+    lora_meta,
+    lora_state,
+    save_identity_lora,
+)
 from fvr_bench.methods.ip_fvr.restorer import IPFVRRestorer, plain
 from fvr_bench.methods.ip_fvr.reward import IdentityReward
 
 log = logging.getLogger(__name__)
 
 STAGES = ("identity", "image_prompt")
+
+
+class AlignedFrameArcFace(nn.Module):
+    """The reward's differentiable face encoder: IR-SE50 on each frame resized to 112² — training
+    clips are aligned face crops, so detection and warping (not differentiable) are skipped.
+    ``(N, 3, H, W)`` in [0, 1] → ``(N, 512)`` unit embeddings; frozen."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network.eval().requires_grad_(False)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(frames.float(), size=(112, 112), mode="bilinear", align_corners=False,
+                                            antialias=True)
+        return torch.nn.functional.normalize(self.network((x - 0.5) / 0.5).float(), dim=-1)
+
+
+def reward_embedder(face_embedder) -> nn.Module:
+    """The image prompt's face embedder when it is differentiable (a module, e.g. the tiny
+    random one), else IR-SE50 of the same weights on whole aligned frames."""
+    if isinstance(face_embedder, nn.Module):
+        return face_embedder
+    backend = face_embedder._backend()  # ArcFaceReferenceEmbedder → fvr_bench.faces ArcFaceIRSE50
+    return AlignedFrameArcFace(backend.network(torch.device("cpu")))
 
 
 class IPFVRTraining(TrainingModule):
@@ -72,7 +103,8 @@ class IPFVRTraining(TrainingModule):
             self.identity, self.identity_dir = str(identity), Path(identity_dir or ".")
             self.lora = lora_config(int(lora_rank), lora_alpha, tuple(plain(lora_targets)))
             add_identity_lora(restorer.unet, self.identity, self.lora)
-            self.reward = IdentityReward(restorer.image_encoder.face_embedder, gamma=gamma, frame=reward_frame)
+            self.reward = IdentityReward(reward_embedder(restorer.image_encoder.face_embedder), gamma=gamma,
+                                         frame=reward_frame)
         else:
             self.identity = None
             for name, module in restorer.unet.named_modules():
