@@ -150,7 +150,7 @@ def test_the_reward_encoder_is_differentiable_for_the_arcface_embedder():
 
     from fvr_bench.methods.ip_fvr.training import AlignedFrameArcFace, reward_embedder
 
-    network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.Flatten(), torch.nn.LazyLinear(512))
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 4, stride=4), torch.nn.Flatten(), torch.nn.Linear(4 * 28 * 28, 512))
     arcface_like = SimpleNamespace(_backend=lambda: SimpleNamespace(network=lambda device: network))
     encoder = reward_embedder(arcface_like)
     assert isinstance(encoder, AlignedFrameArcFace) and not any(p.requires_grad for p in encoder.parameters())
