@@ -19,22 +19,15 @@ The largest output difference to the naive fp32 run is printed as a correctness 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
-from omegaconf import OmegaConf
+from timing import device_name
 
 from fvr_bench.cli import compose
 from fvr_bench.methods.bfvr_stc.autoencoder import set_fused_attention
 from fvr_bench.methods.bfvr_stc.restorer import BFVRSTCRestorer, build_restorer
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def build(tiny: bool, device: torch.device) -> BFVRSTCRestorer:

@@ -19,12 +19,11 @@ The paper gives no timing; VEnhancer's users report > 40 GB for 2 s of 720p (iss
 from __future__ import annotations
 
 import argparse
-import platform
-import time
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from timing import device_name, timed
 
 from fvr_bench.config import CONF_DIR
 from fvr_bench.methods.ip_fvr.backbone import VENHANCER_UNET
@@ -40,12 +39,6 @@ VARIANTS = {
 SD21_VAE = {"class": "kl", "in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
             "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
             "latent_channels": 4, "sample_size": 768}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def build(tiny: bool, device: torch.device, restore: dict) -> IPFVRRestorer:
@@ -64,15 +57,7 @@ def build(tiny: bool, device: torch.device, restore: dict) -> IPFVRRestorer:
 
 def measure(restorer: IPFVRRestorer, lq: torch.Tensor, reference: torch.Tensor, size: tuple[int, int]):
     device = next(restorer.unet.parameters()).device
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    out = restorer.restore(lq, reference=reference, out_size=size, clip_ids=["bench"])
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return time.perf_counter() - start, peak, out
+    return timed(lambda: restorer.restore(lq, reference=reference, out_size=size, clip_ids=["bench"]), device)
 
 
 def main() -> None:

@@ -21,12 +21,11 @@ diffusers bf16 on an H100 at ≈40.7 s for 30 steps × 6 windows × 2 branches.
 from __future__ import annotations
 
 import argparse
-import platform
-import time
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from timing import device_name, timed
 
 from fvr_bench.config import CONF_DIR
 from fvr_bench.methods.svfr.networks import SVD_XT_UNET, SVD_XT_VAE
@@ -38,12 +37,6 @@ VARIANTS = {
     "sequential_cfg": {"window_batch": 4, "skip_identical_branch": True, "sequential_cfg": True},
 }
 SVD_XT_SCHEDULER = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "method" / "svfr_tiny.yaml").architecture.scheduler)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def centred_points(image: np.ndarray) -> np.ndarray:
@@ -66,16 +59,8 @@ def build(tiny: bool, device: torch.device, restore: dict) -> SVFRRestorer:
 
 
 def measure(restorer: SVFRRestorer, clip: torch.Tensor) -> tuple[float, float | None, torch.Tensor]:
-    device = clip.device
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    out = restorer.restore_video(clip, ("bfr",), None, "bench")
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return time.perf_counter() - start, peak, out
+    device = next(restorer.unet.parameters()).device
+    return timed(lambda: restorer.restore_video(clip, ("bfr",), None, "bench"), device)
 
 
 def main() -> None:

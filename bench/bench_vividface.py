@@ -19,13 +19,13 @@ The DiT gets the cached empty-prompt embedding (random here), as the restorer do
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from timing import device_name
 
 from fvr_bench.methods.vividface.backbone import (
     WAN21_T2V_1_3B_TRANSFORMER,
@@ -40,12 +40,6 @@ TINY_TRANSFORMER = {"patch_size": [1, 2, 2], "num_attention_heads": 2, "attentio
                         "qk_norm": "rms_norm_across_heads", "rope_max_seq_len": 32}
 TINY_VAE = {"base_dim": 3, "z_dim": 16, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1, "temperal_downsample": [False, True, True]}
 VARIANTS = ("naive", "benchmark", "compile", "channels_last", "tiling")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def build(tiny: bool, device: torch.device, cache: Path, variant: str) -> VividFaceRestorer:

@@ -87,7 +87,16 @@ class TrainingModule(L.LightningModule):
 
     def prepare(self, dataloader, cache_dir: Path) -> None:
         """Called by ``train`` before fitting when the stage sets ``pre_extract: true``."""
-        return None
+        return
+
+
+def plain(value: Any) -> Any:
+    """DictConfig / ListConfig (what Hydra passes to a ``_target_``) → plain dicts and lists."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -25,12 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch import nn
 
 from fvr_bench import weights
 from fvr_bench.errors import ConfigError, WeightsMissingError
-from fvr_bench.methods.base import NetworkRestorer, crop_to, pad_to_multiple, parse_dtype, resize_video
+from fvr_bench.methods.base import NetworkRestorer, crop_to, pad_to_multiple, parse_dtype, plain, resize_video
 from fvr_bench.methods.bfvr_stc.autoencoder import Downsample3D, VideoDecoder, VideoEncoder
 from fvr_bench.methods.bfvr_stc.quantizer import SpatioTemporalQuantizer
 from fvr_bench.methods.bfvr_stc.transformer import LookupTransformer
@@ -44,12 +42,6 @@ MOTION_RESIDUAL_MODES = ("corrected", "official")
 PARTS = ("lq_encoder", "quantizer", "decoder", "spatial_transformer", "temporal_transformer")
 EXPORT_CONFIG = "restorer.json"
 
-
-def plain(value: Any) -> Any:
-    """DictConfig/ListConfig (what Hydra passes) → dicts/lists."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 # ---------------------------------------------------------------------- networks

@@ -26,13 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from fvr_bench import weights as weight_registry
 from fvr_bench.degradations.base import clip_hash
 from fvr_bench.errors import ConfigError, WeightsMissingError
-from fvr_bench.methods.base import NetworkRestorer, parse_dtype, resize_video
+from fvr_bench.methods.base import NetworkRestorer, parse_dtype, plain, resize_video
 from fvr_bench.methods.ip_fvr.backbone import build_unet, nearest_legal_latent_size
 from fvr_bench.methods.ip_fvr.controlnet import VideoControlNet
 from fvr_bench.methods.ip_fvr.face2text import Face2Text, negative, with_quality
@@ -44,17 +43,8 @@ from fvr_bench.methods.ip_fvr.image_prompt import (
     set_decoupled_attention,
     set_scale,
 )
-from fvr_bench.methods.ip_fvr.long_video import (
-    ExponentialBlender,
-    SharedStepNoise,
-    clip_spans,
-    stitch,
-)
-from fvr_bench.methods.ip_fvr.sampler import (
-    cfg_with_rescale,
-    multi_stream_guidance,
-    venhancer_sample,
-)
+from fvr_bench.methods.ip_fvr.long_video import ExponentialBlender, SharedStepNoise, clip_spans, stitch
+from fvr_bench.methods.ip_fvr.sampler import cfg_with_rescale, multi_stream_guidance, venhancer_sample
 from fvr_bench.methods.ip_fvr.schedule import NoiseSchedule
 from fvr_bench.methods.ip_fvr.text import TextEncoder, load_open_clip_text
 from fvr_bench.state_dicts import read_state
@@ -67,11 +57,6 @@ BLENDING = ("literal", "aligned")
 VAE_KINDS = ("svd", "sd21")
 EXPORT_CONFIG = "restorer.json"
 
-
-def plain(value: Any) -> Any:
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 @dataclass(frozen=True)

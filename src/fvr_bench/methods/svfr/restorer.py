@@ -28,32 +28,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from fvr_bench import weights as weight_registry
 from fvr_bench.degradations.base import clip_hash
 from fvr_bench.errors import ConfigError, WeightsMissingError
-from fvr_bench.methods.base import NetworkRestorer, parse_dtype, resize_video
-from fvr_bench.methods.svfr.identity import (
-    ID_CROPS,
-    IDTokenProjection,
-    ReferenceIdentity,
-    with_bn_counters,
-)
+from fvr_bench.methods.base import NetworkRestorer, parse_dtype, plain, resize_video
+from fvr_bench.methods.svfr.identity import ID_CROPS, IDTokenProjection, ReferenceIdentity, with_bn_counters
 from fvr_bench.methods.svfr.iresnet import IResNet
-from fvr_bench.methods.svfr.networks import (
-    build_scheduler,
-    build_unet,
-    build_vae,
-    locate_svd_dir,
-    unet_config,
-)
-from fvr_bench.methods.svfr.sampling import (
-    Conditioning,
-    SamplerSettings,
-    WindowedSampler,
-)
+from fvr_bench.methods.svfr.networks import build_scheduler, build_unet, build_vae, locate_svd_dir, unet_config
+from fvr_bench.methods.svfr.sampling import Conditioning, SamplerSettings, WindowedSampler
 from fvr_bench.methods.svfr.tasks import parse_tasks, prepare_input, task_prompt
 from fvr_bench.state_dicts import load_state, read_state
 
@@ -63,12 +47,6 @@ EXPORT_CONFIG = "restorer.json"
 NO_FACE = ("zero_id", "no_reference")  # what pass 2 drops when the reference frame shows no face
 TRAINED_PARTS = ("unet", "identity.projection")  # what training changes and an export holds
 
-
-def plain(value: Any) -> Any:
-    """DictConfig / ListConfig (what Hydra passes) → plain containers."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 @dataclass(frozen=True)

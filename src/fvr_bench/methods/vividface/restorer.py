@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from fvr_bench.errors import ConfigError, WeightsMissingError
-from fvr_bench.methods.base import NetworkRestorer, crop_to, pad_to_multiple, parse_dtype, resize_video
+from fvr_bench.methods.base import NetworkRestorer, crop_to, pad_to_multiple, parse_dtype, plain, resize_video
 from fvr_bench.methods.vividface.backbone import (
     BackboneConfig,
     EmptyPromptEmbedding,
@@ -55,12 +54,6 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # self- and cross-attention
 SPATIAL_MULTIPLE = 16  # VAE 8× × DiT patch 2
 EXPORT_CONFIG = "restorer.json"
 
-
-def plain(value: Any) -> Any:
-    """DictConfig / ListConfig (what Hydra passes) → plain containers."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def _base_layer_key(key: str) -> str | None:
@@ -314,7 +307,7 @@ def check_export_config(path: Path, config: BackboneConfig, lora: Mapping) -> bo
     if path.suffix != ".safetensors" or not config_file.is_file():
         return False
     recorded = json.loads(config_file.read_text())
-    normal = lambda value: json.loads(json.dumps(value))  # noqa: E731 - tuples → lists, as the JSON holds them
+    normal = lambda value: json.loads(json.dumps(value))
     mine = {"backbone.transformer": config.transformer, "backbone.vae": config.vae, "lora.rank": lora["rank"]}
     theirs = {"backbone.transformer": (recorded.get("backbone") or {}).get("transformer"),
               "backbone.vae": (recorded.get("backbone") or {}).get("vae"),
