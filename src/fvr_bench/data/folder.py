@@ -168,15 +168,21 @@ def write_manifest(path: str | Path, rows: Iterable[dict], columns: Sequence[str
     os.replace(tmp, path)
 
 
+#: A folder of this name inside a clip root holds reference faces, not a clip (used as ``ref_root``
+#: when none is given).
+REFERENCES_FOLDER = "references"
+
+
 def scan_clips(root: Path) -> dict[str, Path]:
-    """``{clip_id: path}`` for the frame folders and video files directly in ``root``.
+    """``{clip_id: path}`` for the frame folders and video files directly in ``root``
+    (a ``references/`` folder is not a clip: it holds the reference faces).
 
     Hidden entries (``.name``: half-written temporary folders, macOS metadata) are skipped.
     Raises DataError when two entries share a clip id (``a/`` and ``a.mp4``).
     """
     clips: dict[str, Path] = {}
     for entry in root.iterdir():
-        if entry.name.startswith(".") or entry.name == "__MACOSX":
+        if entry.name.startswith(".") or entry.name in ("__MACOSX", REFERENCES_FOLDER):
             continue
         if entry.is_dir():
             clip_id = entry.name
@@ -254,7 +260,8 @@ class ClipFolderDataset(VideoDataset):
         card:          the dataset card (``datasets/<name>/README.md``), named in "not found" errors.
         manifest:      ``manifest.csv`` of the primary root (GT, else LQ); default ``<root>/manifest.csv``.
         root:          alias of ``gt_root`` (``data=folder data.root=<path>``).
-        ref_root:      reference face images (identity-guided methods), see :meth:`reference_path`.
+        ref_root:      reference face images (identity-guided methods), see :meth:`reference_path`;
+                       None: ``<GT or LQ root>/references/`` when it exists.
         interpolation: resize filter: ``linear`` (KEEP's ``--has_aligned`` resize), ``area``,
                        ``cubic``, ``lanczos``, ``nearest``.
         title:         human name used in messages ("VFHQ-test"); default ``name``.
@@ -300,7 +307,7 @@ class ClipFolderDataset(VideoDataset):
         self.title = title or name
         self.gt_root = Path(gt_root) if gt_root is not None else None
         self.lq_root = Path(lq_root) if lq_root is not None else None
-        self.ref_root = Path(ref_root) if ref_root is not None else None
+        self._ref_root = Path(ref_root) if ref_root is not None else None
         self.max_frames = int(max_frames) if max_frames is not None else None
         self.size = _as_size(resize)
         self.interpolation = interpolation
@@ -547,6 +554,16 @@ class ClipFolderDataset(VideoDataset):
             )
 
     # ------------------------------------------------------------------ references
+
+    @property
+    def ref_root(self) -> Path | None:
+        """``ref_root`` as given, else a ``references/`` folder inside the GT (or LQ) root when
+        there is one (looked up on use: nothing is read at construction)."""
+        if self._ref_root is not None:
+            return self._ref_root
+        primary = self.gt_root if self.gt_root is not None else self.lq_root
+        inside = primary / REFERENCES_FOLDER if primary is not None else None
+        return inside if inside is not None and inside.is_dir() else None
 
     def reference_path(self, clip_id: str) -> Path:
         """The reference image of a clip, looked up in ``ref_root`` in this order:
