@@ -67,6 +67,7 @@ def main() -> None:
     preds = torch.nn.functional.interpolate(to_tensor(degraded), size=gt.shape[1:3], mode="bicubic").clamp(0, 1)[None].to(device)
     for metric_set in args.metrics:
         bench_metric_set(metric_set, preds, target, args.repeats)
+    bench_ssim_references(preds, target, args.repeats)
 
 
 def bench_metric_set(metric_set: str, preds: torch.Tensor, target: torch.Tensor, repeats: int) -> None:
@@ -104,6 +105,42 @@ def bench_metric_set(metric_set: str, preds: torch.Tensor, target: torch.Tensor,
         print(line)
     if total:
         print(f"{'whole set':16s} {frames / total:9.1f} frames/s ({total:.3f} s per clip, available metrics)")
+
+def bench_ssim_references(preds: torch.Tensor, target: torch.Tensor, repeats: int) -> None:
+    """Seconds per frame of this project's RGB SSIM next to scikit-image's and pyiqa's on the same
+    frames, in the same run (values differ in convention: scikit-image here with BasicSR's
+    Gaussian settings on each channel, pyiqa on its own Y/RGB defaults; only the speed is compared)."""
+    from fvr_bench.metrics.fidelity import SSIM
+    from fvr_bench.video import as_uint8
+
+    frames = preds.shape[1]
+    ours = SSIM(color_space="rgb").to(preds.device)
+    rows = [("fvr_bench ssim_rgb", median_seconds(lambda: ours.score(preds, target), repeats))]
+    try:
+        from skimage.metrics import structural_similarity
+
+        a, b = as_uint8(preds[0].permute(0, 2, 3, 1).cpu().numpy()), as_uint8(target[0].permute(0, 2, 3, 1).cpu().numpy())
+
+        def skimage_all() -> None:
+            for x, y in zip(a, b):
+                structural_similarity(x, y, channel_axis=2, gaussian_weights=True, sigma=1.5,
+                                      use_sample_covariance=False, data_range=255)
+
+        rows.append(("scikit-image", median_seconds(skimage_all, repeats)))
+    except ImportError as error:
+        print(f"scikit-image SSIM skipped: {error}")
+    try:
+        import pyiqa
+
+        iqa = pyiqa.create_metric("ssim", device=preds.device, as_loss=False)
+        rows.append(("pyiqa ssim", median_seconds(lambda: iqa(preds[0], target[0]), repeats)))
+    except Exception as error:  # pyiqa missing, or a metric it would download
+        print(f"pyiqa SSIM skipped: {type(error).__name__}: {error}")
+    print(f"\n== SSIM on the same {frames} frames (seconds per frame; ratio = other / fvr_bench) ==")
+    mine = rows[0][1] / frames
+    for name, seconds in rows:
+        print(f"{name:20s} {seconds / frames:8.4f} s/frame   ×{seconds / frames / mine:.2f}")
+
 
 if __name__ == "__main__":
     main()

@@ -220,3 +220,89 @@ def test_clip_value_is_mean_of_frames_and_ddp_merge_keeps_per_clip_values(pairs)
         merged.merge_state(rank1)
         assert sorted(merged.per_clip().tolist()) == sorted(whole.per_clip().tolist())
         assert merged.compute().item() == pytest.approx(whole.compute().item(), abs=1e-12)
+
+
+# -- the SSIM implementation before the strip rewrite, kept verbatim as the bit-exact reference --
+
+def _reference_gaussian_1d(size: int, sigma: float) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+    kernel = torch.exp(-(coords**2) / (2.0 * sigma * sigma))
+    return kernel / kernel.sum()
+
+
+def _reference_ssim_maps(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    c1, c2 = (0.01 * 255.0) ** 2, (0.03 * 255.0) ** 2
+    channels = 5 * x.shape[1]
+    g = _reference_gaussian_1d(11, 1.5).to(device=x.device, dtype=x.dtype)
+    stacked = torch.cat([x, y, x * x, y * y, x * y], dim=1)
+    filtered = F.conv2d(stacked, g.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    filtered = F.conv2d(filtered, g.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    mu_x, mu_y, xx, yy, xy = filtered.split(x.shape[1], dim=1)
+    mu_x2, mu_y2, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
+    sigma_x2 = xx - mu_x2
+    sigma_y2 = yy - mu_y2
+    sigma_xy = xy - mu_xy
+    numerator = (2.0 * mu_xy + c1) * (2.0 * sigma_xy + c2)
+    denominator = (mu_x2 + mu_y2 + c1) * (sigma_x2 + sigma_y2 + c2)
+    return numerator / denominator
+
+
+def _reference_ssim_frames(preds, target, color_space, crop_border, quantize=True):
+    """(B, T, 3, H, W) → (B, T) with the pre-rewrite code path: one frame at a time,
+    grouped conv2d maps, fixed-order mean (what SSIM.frame_scores computed before)."""
+    from fvr_bench.metrics.determinism import fixed_order_mean
+    from fvr_bench.metrics.fidelity import prepare_frames
+
+    batch, frames = preds.shape[:2]
+    flat_p, flat_t = preds.reshape(batch * frames, *preds.shape[2:]), target.reshape(batch * frames, *target.shape[2:])
+    scores = []
+    for i in range(batch * frames):
+        x = prepare_frames(flat_p[i : i + 1], color_space, crop_border, quantize)
+        y = prepare_frames(flat_t[i : i + 1], color_space, crop_border, quantize)
+        scores.append(fixed_order_mean(_reference_ssim_maps(x, y), start_dim=1))
+    return torch.cat(scores).reshape(batch, frames)
+
+
+@pytest.mark.parametrize("color_space", ["rgb", "y"])
+@pytest.mark.parametrize(("height", "width", "crop_border"), [
+    (11, 11, 0), (12, 37, 0), (33, 29, 2), (64, 64, 4), (97, 131, 3), (150, 73, 0), (300, 280, 5),
+])
+def test_ssim_is_bit_identical_to_the_grouped_conv2d_implementation(color_space, height, width, crop_border):
+    """The strip implementation equals the previous grouped-conv2d one to the last bit, on
+    random 8-bit frames (and on off-grid floats with quantize=False), maps and frame values."""
+    gen = torch.Generator().manual_seed(height * 1000 + width)
+    gt = torch.randint(0, 256, (2, 3, 3, height, width), generator=gen).float() / 255
+    noise = torch.randn(gt.shape, generator=gen)
+    pred = (gt + 0.03 * noise).clamp(0, 1)
+    pred[0, 1] = gt[0, 1]  # an identical frame
+    for quantize in (True, False):
+        ours = SSIM(color_space=color_space, crop_border=crop_border, quantize=quantize).frame_scores(pred, gt)
+        ref = _reference_ssim_frames(pred, gt, color_space, crop_border, quantize)
+        assert torch.equal(ours, ref), (quantize, (ours - ref).abs().max())
+
+
+def test_ssim_maps_bit_identical_on_many_random_frames():
+    from fvr_bench.metrics.fidelity import ssim_maps
+
+    gen = torch.Generator().manual_seed(7)
+    for trial in range(12):
+        h, w = (int(v) for v in torch.randint(11, 90, (2,), generator=gen))
+        channels = 3 if trial % 2 else 1
+        x = torch.randint(0, 256, (3, channels, h, w), generator=gen).double()
+        y = (x + torch.randint(-40, 41, x.shape, generator=gen)).clamp(0, 255)
+        if trial % 3 == 0:  # unrounded values, like the Y channel
+            x, y = x + torch.rand(x.shape, generator=gen, dtype=torch.float64), y * 0.987
+        # frame by frame, as SSIM calls it on a CPU (chunk_frames=None): with an odd number of
+        # map pixels MKL's results for frames 2.. of one batched conv2d call depend on their
+        # memory alignment, so the reference is the one-frame call SSIM has always made
+        for i in range(x.shape[0]):
+            assert torch.equal(ssim_maps(x[i : i + 1], y[i : i + 1]), _reference_ssim_maps(x[i : i + 1], y[i : i + 1])), (
+                trial, h, w, channels)
+        if (h - 10) * w % 2 == 0 and (h - 10) * (w - 10) % 2 == 0:  # even GEMMs: batched calls agree too
+            assert torch.equal(ssim_maps(x, y), _reference_ssim_maps(x, y)), (trial, h, w, channels)
+    # a 512² RGB frame pair: several row strips, the last one short
+    x = torch.randint(0, 256, (1, 3, 512, 512), generator=gen).double()
+    y = (x + torch.randint(-20, 21, x.shape, generator=gen)).clamp(0, 255)
+    assert torch.equal(ssim_maps(x, y), _reference_ssim_maps(x, y))

@@ -46,6 +46,30 @@ class PreparedInput:
     task: str
 
 
+class FrameBar:
+    """A bar over the frames of one clip for one metric, made on the first report only
+    (a metric that never calls :meth:`ClipMetric.advance` shows none); closed on exit."""
+
+    def __init__(self, desc: str, total: int, enabled: bool, position: int) -> None:
+        self.desc, self.total, self.enabled, self.position = desc, total, enabled, position
+        self.bar: tqdm | None = None
+
+    def update(self, frames: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=self.total, desc=self.desc, unit="frame", leave=False, position=self.position)
+        self.bar.update(frames)
+
+    def __enter__(self) -> FrameBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -181,16 +205,28 @@ class Evaluator:
                 f"no results were written for this clip"
             )
 
-    def score(self, sample: ClipSample, restored: torch.Tensor) -> list[dict[str, Any]]:
+    def synchronize(self) -> None:
+        """Wait for the device's queued work, so that a stage's time is its own."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def score(self, sample: ClipSample, restored: torch.Tensor, seconds: dict[str, float] | None = None,
+              position: int = 1) -> list[dict[str, Any]]:
         """One row per metric. A metric that cannot score this clip (its frames are below
         the metric's minimum size, say) gets value NaN, frames 0 and the reason in ``note``;
-        the other metrics and clips go on (:class:`ClipNotScorableError`)."""
+        the other metrics and clips go on (:class:`ClipNotScorableError`).
+
+        ``seconds``: receives ``<metric_id>_s``, each metric's time on this clip. A
+        :class:`ClipMetric` that reports its frames (:meth:`ClipMetric.advance`, the face
+        metrics) gets a bar over the clip's frames at ``position`` (``leave=False``; none
+        when ``cfg.progress`` is off)."""
         preds = restored.clamp(0.0, 1.0).to(self.device)
         target = sample.gt[None].to(self.device) if sample.gt is not None else None
         rows = []
         for metric_id, metric in self.metrics.items():
             reference = target if metric.needs_reference else None
             frames, note = preds.shape[1], ""
+            start = time.perf_counter()
             try:
                 if isinstance(metric, SetMetric):
                     # the set value needs every clip: keep this clip's features, value comes at the end
@@ -199,7 +235,9 @@ class Evaluator:
                     value = float("nan")
                 else:
                     # stateless: nothing accumulates in the metric over a run
-                    value = float(metric.score(preds, reference)[0].item())
+                    bar = FrameBar(metric_id, preds.shape[0] * preds.shape[1], bool(self.cfg.progress), position)
+                    with bar, metric.frame_progress(bar.update):
+                        value = float(metric.score(preds, reference)[0].item())
                     used, note = metric.last_notes[0]
                     frames = preds.shape[1] if used is None else used
             except ClipNotScorableError as error:
@@ -207,6 +245,9 @@ class Evaluator:
                     raise  # a set value over some of the clips would be another number: stop
                 log.warning("clip %s: %s not scored: %s", sample.clip_id, metric_id, error)
                 value, frames, note = float("nan"), 0, f"not scored: {error}"
+            self.synchronize()
+            if seconds is not None:
+                seconds[f"{metric_id}_s"] = time.perf_counter() - start
             rows.append(
                 {
                     "metric": metric_id,
@@ -272,19 +313,30 @@ class Evaluator:
         progress = tqdm(clip_ids, desc=f"{self.cfg.method.name} on {self.dataset.name}{progress_label}", unit="clip",
                         disable=not self.cfg.progress, position=position)
         for clip_id in progress:
-            sample = self.dataset.load(clip_id)
-            prepared = self.prepare_input(sample)
+            # timing.csv: where each clip's time goes (ResultStore, TIMING_COLUMNS)
             start = time.perf_counter()
+            sample = self.dataset.load(clip_id)
+            loaded = time.perf_counter()
+            prepared = self.prepare_input(sample)
+            prepared_at = time.perf_counter()
             restored = self.restore(sample, prepared)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            seconds = time.perf_counter() - start
-            rows = self.score(sample, restored)
+            self.synchronize()
+            restored_at = time.perf_counter()
+            metric_seconds: dict[str, float] = {}
+            rows = self.score(sample, restored, seconds=metric_seconds, position=position + 1)
             self.add_restorer_notes(clip_id, rows)
             # outputs first: a clip counts as finished only once everything of it is written
             if self.cfg.save_restored not in (None, False, "none"):
                 self.save_restored(clip_id, restored, sample.fps)
-            store.append_clip(clip_id, rows, seconds=seconds)
+            timing = {
+                "frames": int(prepared.lq.shape[1]),
+                "load_s": loaded - start,
+                "degrade_s": prepared_at - loaded,
+                "restore_s": restored_at - prepared_at,
+                **metric_seconds,
+                "total_s": time.perf_counter() - start,
+            }
+            store.append_clip(clip_id, rows, seconds=restored_at - prepared_at, timing=timing)
 
     def finish(self, clip_ids: list[str]) -> None:
         """Merge the shards' rows (if any) and write the summary over ``clip_ids``."""

@@ -11,8 +11,14 @@ Layout of ``outputs/<data>/<degradation>/<method>/``:
 - ``provenance.json`` provenance id → full provenance of every metric column;
 - ``summary.csv``   mean over clips per metric, derived from ``per_clip.csv``; its
   ``note`` gathers the clips' notes;
-- ``timing.csv``    seconds per clip for restoration (kept out of the summary: timings
-  differ between identical runs, the summary must not);
+- ``timing.csv``    where the time of each clip went (kept out of the summary: timings
+  differ between identical runs, the summary must not), one row per clip:
+  ``clip_id, seconds, frames, load_s, degrade_s, restore_s, <metric_id>_s …, total_s``
+  (:data:`TIMING_COLUMNS`). ``seconds`` is the restoration time (= ``restore_s``), the
+  one column of earlier run directories, kept so that their readers and rows still fit;
+  ``total_s`` is the whole clip, stages and writing its results included. A run resumed
+  in a directory whose ``timing.csv`` has fewer columns rewrites it with the union of
+  the columns, old rows' new cells empty;
 - ``parts/``        only while a sharded run (``devices=N``) is under way or was killed:
   ``per_clip.<shard>.csv`` / ``timing.<shard>.csv``, the rows each process finished.
   :meth:`ResultStore.merge_shards` folds them into ``per_clip.csv`` / ``timing.csv`` in
@@ -32,6 +38,7 @@ run under their launcher's lock.
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import io
 import json
@@ -52,6 +59,35 @@ from fvr_bench.io import atomic_write_bytes, atomic_write_text, csv_text, read_r
 
 PER_CLIP_COLUMNS = ["clip_id", "metric", "value", "higher_is_better", "provenance_id", "frames", "note"]
 SUMMARY_COLUMNS = ["metric", "value", "std", "n_clips", "higher_is_better", "provenance_id", "note"]
+# the leading columns of timing.csv; the metrics' ``<metric_id>_s`` columns follow, ``total_s`` last
+TIMING_COLUMNS = ["clip_id", "seconds", "frames", "load_s", "degrade_s", "restore_s"]
+TIMING_TOTAL = "total_s"
+
+
+def _timing_columns(*headers: Sequence[str]) -> list[str]:
+    """The union of timing.csv headers in order of appearance (``clip_id`` first,
+    ``total_s`` last), so rows of older and newer layouts share one file."""
+    columns: list[str] = ["clip_id"]
+    for header in headers:
+        columns.extend(column for column in header if column not in columns)
+    if TIMING_TOTAL in columns:
+        columns.remove(TIMING_TOTAL)
+        columns.append(TIMING_TOTAL)
+    return columns
+
+
+def _timing_header(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    first = path.read_text().split("\n", 1)[0]
+    return next(csv.reader([first]), []) if first else []
+
+
+def _timing_cell(value: Any) -> Any:
+    """Seconds with microsecond resolution (as timing.csv always had), counts as given."""
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return value
 
 
 def refuse_other_identity(
@@ -259,16 +295,36 @@ class ResultStore:
                 finished.update(row["clip_id"] for row in read_rows(path))
         return finished
 
-    def append_clip(self, clip_id: str, rows: list[dict[str, Any]], seconds: float | None = None) -> None:
-        """Add every metric row of one finished clip in a single atomic replace."""
+    def append_clip(self, clip_id: str, rows: list[dict[str, Any]], seconds: float | None = None,
+                    timing: dict[str, Any] | None = None) -> None:
+        """Add every metric row of one finished clip in a single atomic replace.
+
+        ``timing``: the clip's row of ``timing.csv`` without ``clip_id`` (stage seconds,
+        ``frames``; see :data:`TIMING_COLUMNS`); ``seconds``: the restoration seconds alone
+        (the ``seconds`` column). The timing row is written after the per-clip rows: a
+        clip is finished once those are written, its timing is a report."""
         if clip_id in set(self.per_clip()["clip_id"]):
             raise ValueError(f"clip {clip_id} is already in {self.per_clip_path}")
         text = self._text() + csv_text(({"clip_id": clip_id, **row} for row in rows), PER_CLIP_COLUMNS, False)
         atomic_write_text(self.per_clip_path, text)
         self._per_clip_text = text
-        if seconds is not None:
-            timing = self.timing_path.read_text() if self.timing_path.exists() else "clip_id,seconds\n"
-            atomic_write_text(self.timing_path, timing + f"{clip_id},{seconds:.6f}\n")
+        if seconds is not None or timing:
+            row = {"clip_id": clip_id, **({"seconds": seconds} if seconds is not None else {}), **(timing or {})}
+            self._append_timing({key: _timing_cell(value) for key, value in row.items()})
+
+    def _append_timing(self, row: dict[str, Any]) -> None:
+        """Add one clip's row to this store's timing file (a row of the same clip, left by a
+        run killed between its per-clip rows and its timing, is replaced). Rewrites the file
+        with the union of the columns when the row brings columns the header lacks."""
+        header = _timing_header(self.timing_path)
+        columns = _timing_columns(header, list(row))
+        if header == columns:
+            kept = [old for old in read_rows(self.timing_path) if old["clip_id"] == row["clip_id"]]
+            if not kept:  # the usual case: append one line
+                atomic_write_text(self.timing_path, self.timing_path.read_text() + csv_text([row], columns, False))
+                return
+        rows = [old for old in read_rows(self.timing_path) if old["clip_id"] != row["clip_id"]] if header else []
+        atomic_write_text(self.timing_path, csv_text([*rows, row], columns, True))
 
     def record_provenance(self, provenance: dict[str, dict[str, Any]]) -> None:
         """Merge ``provenance_id → provenance dict`` into ``provenance.json``."""
@@ -308,12 +364,19 @@ class ResultStore:
             atomic_write_text(self.per_clip_path, text)
             self._per_clip_text = text
 
-        timing_text = self.timing_path.read_text() if self.timing_path.exists() else "clip_id,seconds\n"
-        timed = {row["clip_id"] for row in read_rows(self.timing_path)} if self.timing_path.exists() else set()
+        # the parts' headers may differ from the main file's (a run directory of an older
+        # layout resumed): the merged file has the union of the columns, missing cells empty
+        timed_rows = read_rows(self.timing_path) if self.timing_path.exists() else []
+        timed = {row["clip_id"] for row in timed_rows}
         new_timings = _rows_by_clip(timing_parts, skip=timed)
         if new_timings:
-            ordered = (row for clip_id in sorted(new_timings, key=in_clip_order) for row in new_timings[clip_id])
-            atomic_write_text(self.timing_path, timing_text + csv_text(ordered, ["clip_id", "seconds"], False))
+            header = _timing_header(self.timing_path)
+            columns = _timing_columns(header, *(_timing_header(path) for path in timing_parts))
+            ordered = [row for clip_id in sorted(new_timings, key=in_clip_order) for row in new_timings[clip_id]]
+            if header == columns:
+                atomic_write_text(self.timing_path, self.timing_path.read_text() + csv_text(ordered, columns, False))
+            else:
+                atomic_write_text(self.timing_path, csv_text([*timed_rows, *ordered], columns, True))
 
         for path in (*per_clip_parts, *timing_parts):
             path.unlink()

@@ -41,3 +41,12 @@ class FrameAnalysis:
     @property
     def valid(self) -> np.ndarray:
         return np.isfinite(self.values.reshape(len(self.status), -1)).all(axis=1)
+
+
+def concat_analyses(parts: list[FrameAnalysis]) -> FrameAnalysis:
+    """The analyses of consecutive runs of frames of one video as one (frames in order):
+    a video analysed frame by frame (to report progress per frame) gives what one call
+    over all its frames gives, since every per-frame result depends on its frame only."""
+    if len(parts) == 1:
+        return parts[0]
+    return FrameAnalysis(np.concatenate([part.values for part in parts]), [s for part in parts for s in part.status])

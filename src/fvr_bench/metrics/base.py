@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -202,6 +203,12 @@ class ClipMetric(VideoMetric):
     state kept; afterwards :attr:`last_notes` holds ``(frames used, note)`` per clip of that
     call (:attr:`last_note`: the last clip's). ``update`` / ``compute`` / ``reset``: the
     torchmetrics accumulation of ``score()`` values (``per_clip()``; ``compute`` = mean).
+
+    Progress within a clip: a slow metric (the face metrics, ~1 s per frame) calls
+    :meth:`advance` with the number of frames it has just finished; whoever called
+    ``score()`` inside ``with metric.frame_progress(callback):`` gets ``callback(n)``
+    (the evaluator's per-frame bar). Without a callback ``advance`` does nothing; it never
+    changes a value.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -210,6 +217,23 @@ class ClipMetric(VideoMetric):
         # plain attributes, not metric states: what each clip of the last score() could use
         self._notes: dict[int | None, tuple[int, str]] = {}
         self.last_notes: list[tuple[int, str]] = []
+        self._progress: Callable[[int], None] | None = None
+
+    @contextmanager
+    def frame_progress(self, callback: Callable[[int], None] | None) -> Iterator[None]:
+        """While inside, :meth:`advance` ``(n)`` calls ``callback(n)`` (``n`` frames of the
+        ``B × T`` frames of a ``score()`` call done); the previous callback is restored after."""
+        previous, self._progress = self._progress, callback
+        try:
+            yield
+        finally:
+            self._progress = previous
+
+    def advance(self, frames: int) -> None:
+        """Called by a subclass when ``frames`` more frames of the current ``score()`` call
+        are done (a progress report only; see :meth:`frame_progress`)."""
+        if self._progress is not None and frames:
+            self._progress(int(frames))
 
     def note_clip(self, frames_used: int, note: str, clip: int | None = None) -> None:
         """Called by a subclass while it scores clip ``clip`` (index in the batch; None:

@@ -61,12 +61,20 @@ Frames without a face: see :mod:`fvr_bench.faces.analysis` — GT frames without
 face are skipped; restored frames without their own detection are analysed with the GT
 frame's geometry; the counts are kept in ``metric.face_counts`` (``frames``, ``own``,
 ``fallback``, ``missing``, ``no_face_gt``). A clip whose frames are all skipped scores NaN.
+
+Progress: the metrics report the frames they finish through
+:meth:`~fvr_bench.metrics.base.ClipMetric.advance` (the evaluator's per-frame bar). The
+per-frame backends (dlib, MediaPipe) are called one frame at a time for that — each
+per-frame result depends on its own frame only, so the values are those of one call over
+the clip; the batched networks (MTCNN + IR-SE50, VIDD's ResNet-18) get the whole clip in
+one call, as before, and report it at once.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -78,6 +86,7 @@ from fvr_bench.faces.analysis import (
     STATUS_MISSING,
     STATUS_NO_FACE_GT,
     FrameAnalysis,
+    concat_analyses,
 )
 from fvr_bench.faces.embedders import ArcFaceR18FOS
 from fvr_bench.faces.frames import frames_of
@@ -145,6 +154,17 @@ class FaceMetric(NetworkMetric, ClipMetric):
     def _net_device(x: torch.Tensor) -> torch.device:
         return x.device
 
+    def _in_steps(self, index: list[int], per_frame: bool, analyse: Callable[[list[int]], Any]) -> list[Any]:
+        """``analyse(frame indices)`` over ``index``: one frame at a time when the backend is
+        per-frame (``per_frame``), else in one call; :meth:`advance` after each step.
+        Returns the results of the steps in order."""
+        steps = [[i] for i in index] if per_frame else [index]
+        results = []
+        for step in steps:
+            results.append(analyse(step))
+            self.advance(len(step))
+        return results
+
 
 # --------------------------------------------------------------------------- identity
 
@@ -184,12 +204,15 @@ class _IdentityMetric(FaceMetric):
         batch, length = preds.shape[:2]
         out = torch.full((batch, length), float("nan"), dtype=torch.float64)
         index = list(range(length)) if frames is None else frames
+        device = self._net_device(preds)
         for b in range(batch):
-            pred_frames = frames_of(preds[b, index])
-            gt_frames = frames_of(target[b, index])
-            pred, gt = self.identity.pair(pred_frames, gt_frames, self._net_device(preds))
+            steps = self._in_steps(index, self.identity.kind == "dlib",
+                                   lambda i, b=b: self.identity.pair(frames_of(preds[b, i]), frames_of(target[b, i]), device))
+            pred = concat_analyses([p for p, _ in steps])
+            gt = concat_analyses([g for _, g in steps])
             self._count(pred, gt, clip=b)
             out[b, index] = torch.from_numpy(_cosine(pred.values, gt.values))
+            self.advance(length - len(index))  # frames left out (compat): done as well
         return out.to(preds.device)
 
 
@@ -293,7 +316,10 @@ class FaceConsID(_IdentityMetric):
     def clip_scores(self, preds: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         out = []
         for b in range(preds.shape[0]):
-            analysis = self.identity.video(frames_of(preds[b]), self._net_device(preds))
+            device = self._net_device(preds)
+            analysis = concat_analyses(self._in_steps(
+                list(range(preds.shape[1])), self.identity.kind == "dlib",
+                lambda i, b=b, device=device: self.identity.video(frames_of(preds[b, i]), device)))
             self._count(analysis, clip=b)
             valid = np.flatnonzero(analysis.valid)
             if valid.size < 2:
@@ -325,7 +351,10 @@ class _LandmarkMetric(FaceMetric):
         return self.landmarks.backend_version()
 
     def pairs(self, preds: torch.Tensor, target: torch.Tensor, b: int) -> tuple[FrameAnalysis, FrameAnalysis]:
-        pred, gt = self.landmarks.pair(frames_of(preds[b]), frames_of(target[b]))
+        steps = self._in_steps(list(range(preds.shape[1])), True,
+                               lambda i: self.landmarks.pair(frames_of(preds[b, i]), frames_of(target[b, i])))
+        pred = concat_analyses([p for p, _ in steps])
+        gt = concat_analyses([g for _, g in steps])
         self._count(pred, gt, clip=b)
         return pred, gt
 
@@ -407,7 +436,8 @@ class TLMENR(_LandmarkMetric):
     def clip_scores(self, preds: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         out = []
         for b in range(preds.shape[0]):
-            analysis = self.landmarks.video(frames_of(preds[b]))
+            analysis = concat_analyses(self._in_steps(list(range(preds.shape[1])), True,
+                                                      lambda i, b=b: self.landmarks.video(frames_of(preds[b, i]))))
             self._count(analysis, clip=b)
             points = analysis.values
             if len(points) < 3:
@@ -455,8 +485,10 @@ class VIDD(FaceMetric):
             self.face_counts["frames"] += len(frames)
             if len(frames) < 2:
                 out.append(float("nan"))
+                self.advance(len(frames))
                 continue
-            emb = self.net.embed_frames(frames, self._net_device(preds))
+            emb = self.net.embed_frames(frames, self._net_device(preds))  # one batch: reported at once
+            self.advance(len(frames))
             out.append(float(np.linalg.norm(emb[1:] - emb[:-1], axis=-1).mean()))
         return torch.tensor(out, dtype=torch.float64, device=preds.device)
 
