@@ -46,6 +46,7 @@ BENCH_SCALE = $(shell $(BIN)/python -c "import torch; print('' if torch.cuda.is_
 
 bench: install
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/bench_bfvr_stc.py $(BENCH_SCALE)
 	$(BIN)/python bench/bench_vividface.py $(BENCH_SCALE)
 	$(BIN)/python bench/bench_svfr.py $(BENCH_SCALE)

@@ -35,7 +35,7 @@ def stage_row(restore: float = 0.25) -> dict:
 
 
 def test_timing_csv_has_a_column_per_stage_and_metric(tiny_data_dir, tmp_path):
-    run_dir = run(tiny_data_dir, tmp_path)
+    run_dir = run(tiny_data_dir, tmp_path, "overlap=false")  # serial: every stage inside the clip's wall time
     timing = pd.read_csv(run_dir / "timing.csv", dtype={"clip_id": str})
     metrics = pd.read_csv(run_dir / "per_clip.csv")["metric"].unique().tolist()
     assert "ids_dlib" in metrics
@@ -173,3 +173,12 @@ def test_frame_bar_is_made_on_the_first_report_only():
     with FrameBar("m", 4, False, 1) as off:
         off.update(4)
         assert off.bar is None
+
+
+def test_loading_the_next_clip_in_the_background_changes_no_result(tiny_data_dir, tmp_path):
+    serial = run(tiny_data_dir, tmp_path / "serial", "overlap=false")
+    overlapped = run(tiny_data_dir, tmp_path / "overlap", "overlap=true")
+    for name in ("per_clip.csv", "summary.csv"):
+        assert (serial / name).read_bytes() == (overlapped / name).read_bytes()
+    timing = pd.read_csv(overlapped / "timing.csv", dtype={"clip_id": str})
+    assert timing["clip_id"].tolist() == ["carphone_000", "carphone_001"] and (timing["load_s"] > 0).all()

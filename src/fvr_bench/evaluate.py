@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -307,36 +308,72 @@ class Evaluator:
             log.info("resuming %s: %d of %d clips already done", self.run_dir, len(clip_ids) - len(todo), len(clip_ids))
         return todo
 
+    def overlaps(self) -> bool:
+        """``overlap``: true | false | auto — auto overlaps only on a GPU, where the CPU is idle while
+        the device restores; on a CPU the background thread competes with the restorer and the
+        metrics for the same cores (measured slower on 2 cores, bench/pipeline.py)."""
+        setting = str(self.cfg.get("overlap", "auto")).lower()
+        if setting not in ("auto", "true", "false"):
+            raise ConfigError(f"overlap={setting!r}: auto, true or false")
+        return self.device.type == "cuda" if setting == "auto" else setting == "true"
+
+    def load_and_prepare(self, clip_id: str) -> tuple[ClipSample, PreparedInput, float, float]:
+        """``(sample, LQ input, load seconds, degrade seconds)`` of one clip: the CPU work that
+        :meth:`evaluate_clips` runs ahead, in a background thread, while the previous clip is
+        restored and scored (values do not depend on it: both are seeded per clip)."""
+        start = time.perf_counter()
+        sample = self.dataset.load(clip_id)
+        loaded = time.perf_counter()
+        prepared = self.prepare_input(sample)
+        return sample, prepared, loaded - start, time.perf_counter() - loaded
+
     def evaluate_clips(self, clip_ids: list[str], store: ResultStore, progress_label: str = "", position: int = 0) -> None:
         """Restore and score ``clip_ids``, appending each clip's rows to ``store`` once all
-        of it (features, restored frames) is written."""
+        of it (features, restored frames) is written.
+
+        With ``overlap`` (``auto``: when the restorer runs on a GPU) the next clip is loaded and
+        degraded in one background thread while this one is restored and scored; clips still finish, and are written, in
+        order, and an error of clip k+1's loading surfaces only after clip k's rows are written.
+        ``overlap=false`` is the plain serial loop."""
         progress = tqdm(clip_ids, desc=f"{self.cfg.method.name} on {self.dataset.name}{progress_label}", unit="clip",
                         disable=not self.cfg.progress, position=position)
-        for clip_id in progress:
-            # timing.csv: where each clip's time goes (ResultStore, TIMING_COLUMNS)
-            start = time.perf_counter()
-            sample = self.dataset.load(clip_id)
-            loaded = time.perf_counter()
-            prepared = self.prepare_input(sample)
-            prepared_at = time.perf_counter()
-            restored = self.restore(sample, prepared)
-            self.synchronize()
-            restored_at = time.perf_counter()
-            metric_seconds: dict[str, float] = {}
-            rows = self.score(sample, restored, seconds=metric_seconds, position=position + 1)
-            self.add_restorer_notes(clip_id, rows)
-            # outputs first: a clip counts as finished only once everything of it is written
-            if self.cfg.save_restored not in (None, False, "none"):
-                self.save_restored(clip_id, restored, sample.fps)
-            timing = {
-                "frames": int(prepared.lq.shape[1]),
-                "load_s": loaded - start,
-                "degrade_s": prepared_at - loaded,
-                "restore_s": restored_at - prepared_at,
-                **metric_seconds,
-                "total_s": time.perf_counter() - start,
-            }
-            store.append_clip(clip_id, rows, seconds=restored_at - prepared_at, timing=timing)
+        executor = None
+        if self.overlaps() and len(clip_ids) > 1:
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fvr-prefetch")
+        try:
+            pending = executor.submit(self.load_and_prepare, clip_ids[0]) if executor is not None else None
+            for index, clip_id in enumerate(progress):
+                # timing.csv: where each clip's time goes (ResultStore, TIMING_COLUMNS); with
+                # overlap, load_s / degrade_s ran in the background and total_s is this clip's wall time
+                start = time.perf_counter()
+                if pending is not None:
+                    sample, prepared, load_s, degrade_s = pending.result()
+                    pending = (executor.submit(self.load_and_prepare, clip_ids[index + 1])
+                               if index + 1 < len(clip_ids) else None)
+                else:
+                    sample, prepared, load_s, degrade_s = self.load_and_prepare(clip_id)
+                prepared_at = time.perf_counter()
+                restored = self.restore(sample, prepared)
+                self.synchronize()
+                restored_at = time.perf_counter()
+                metric_seconds: dict[str, float] = {}
+                rows = self.score(sample, restored, seconds=metric_seconds, position=position + 1)
+                self.add_restorer_notes(clip_id, rows)
+                # outputs first: a clip counts as finished only once everything of it is written
+                if self.cfg.save_restored not in (None, False, "none"):
+                    self.save_restored(clip_id, restored, sample.fps)
+                timing = {
+                    "frames": int(prepared.lq.shape[1]),
+                    "load_s": load_s,
+                    "degrade_s": degrade_s,
+                    "restore_s": restored_at - prepared_at,
+                    **metric_seconds,
+                    "total_s": time.perf_counter() - start,
+                }
+                store.append_clip(clip_id, rows, seconds=restored_at - prepared_at, timing=timing)
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
 
     def finish(self, clip_ids: list[str]) -> None:
         """Merge the shards' rows (if any) and write the summary over ``clip_ids``."""
