@@ -85,6 +85,16 @@ class TrainingModule(L.LightningModule):
     def init_from_previous_stage(self, state_dict: Mapping[str, torch.Tensor], previous_stage: str) -> None:
         raise ConfigError(f"{type(self).__name__} cannot start from stage {previous_stage}'s weights")
 
+    def step_generator(self, seed: int) -> torch.Generator:
+        """A CPU generator for the random draws of the current optimisation step, seeded by
+        (seed, step, rank): a resumed run draws what the uninterrupted one would have, and every
+        rank draws its own."""
+        import numpy as np
+
+        rank = self.global_rank if self._trainer is not None else 0
+        state = np.random.SeedSequence([int(seed), int(self.global_step), int(rank)]).generate_state(1)[0]
+        return torch.Generator("cpu").manual_seed(int(state))
+
     def prepare(self, dataloader, cache_dir: Path) -> None:
         """Called by ``train`` before fitting when the stage sets ``pre_extract: true``."""
         return

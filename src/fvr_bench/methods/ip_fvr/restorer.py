@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fvr_bench import weights as weight_registry
-from fvr_bench.degradations.base import clip_hash
+from fvr_bench.degradations.base import root_seed_sequence
 from fvr_bench.errors import ConfigError, WeightsMissingError
 from fvr_bench.methods.base import NetworkRestorer, parse_dtype, plain, resize_video
 from fvr_bench.methods.ip_fvr.backbone import build_unet, nearest_legal_latent_size
@@ -55,8 +54,6 @@ GUIDANCE = ("multi_stream", "venhancer_cfg")
 PADDING = ("legal", "venhancer_720x1280")
 BLENDING = ("literal", "aligned")
 VAE_KINDS = ("svd", "sd21")
-EXPORT_CONFIG = "restorer.json"
-
 
 
 @dataclass(frozen=True)
@@ -88,12 +85,11 @@ class RestoreSettings:
     native_scale: int = 4             # output = this × the LQ size when no out_size is asked (YouRef: r = 4)
     batch_streams: bool = True        # the guidance streams in one batch (False: one after the other, less memory)
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_mapping(cls, restore: Mapping | None) -> RestoreSettings:
         values = dict(plain(restore) or {})
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ConfigError(f"ip_fvr: unknown method.restore option(s) {unknown}; known: {', '.join(sorted(known))}")
@@ -253,7 +249,7 @@ class IPFVRRestorer(NetworkRestorer):
     # ------------------------------------------------------------------ restore
 
     def _seed(self, clip_id: str) -> int:
-        return int(np.random.SeedSequence([self.settings.seed, clip_hash(clip_id)]).generate_state(1)[0])
+        return int(root_seed_sequence(self.settings.seed, clip_id).generate_state(1)[0])
 
     @torch.no_grad()
     def restore_video(self, frames: torch.Tensor, reference: torch.Tensor | None, size: tuple[int, int],
@@ -487,13 +483,6 @@ def build_restorer(architecture: Mapping, restore: Mapping | None = None, checkp
     """The float32 restorer a training stage starts from (no identity LoRA: the stage adds its own)."""
     return _assemble(architecture, restore, name, checkpoint, image_prompt, text_encoder, None, None,
                      allow_random_weights, seed, torch.float32, face_embedder)
-
-
-def references_of(reference: torch.Tensor | Sequence[torch.Tensor] | None) -> torch.Tensor | None:
-    """A dataset reference ``(3, H, W)`` → ``(1, 3, H, W)``; None stays None."""
-    if reference is None:
-        return None
-    return reference[None] if reference.ndim == 3 else reference
 
 
 __all__ = ["IPFVRRestorer", "RestoreSettings", "build_restorer", "load_restorer"]

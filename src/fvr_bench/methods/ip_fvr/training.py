@@ -26,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -121,11 +120,6 @@ class IPFVRTraining(TrainingModule):
             part.eval()
         return self
 
-    def _generator(self) -> torch.Generator:
-        rank = self.global_rank if self._trainer is not None else 0
-        state = np.random.SeedSequence([self.seed, int(self.global_step), int(rank)]).generate_state(1)[0]
-        return torch.Generator("cpu").manual_seed(int(state))
-
     def losses(self, batch: Mapping[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """``{"loss", "rec", "reward"?}`` on a batch of ``gt`` / ``lq`` ``(B, T, 3, S, S)`` in [0, 1]
         (+ ``reference`` ``(B, 3, Sr, Sr)``; without it a GT frame is the reference)."""
@@ -169,7 +163,7 @@ class IPFVRTraining(TrainingModule):
         return parts
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        parts = self.losses(batch, self._generator())
+        parts = self.losses(batch, self.step_generator(self.seed))
         self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, prog_bar=True, batch_size=batch["gt"].shape[0])
         return parts["loss"]
 

@@ -26,12 +26,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from fvr_bench import weights as weight_registry
-from fvr_bench.degradations.base import clip_hash
+from fvr_bench.degradations.base import root_seed_sequence
 from fvr_bench.errors import ConfigError, WeightsMissingError
 from fvr_bench.methods.base import NetworkRestorer, parse_dtype, plain, resize_video
 from fvr_bench.methods.svfr.identity import ID_CROPS, IDTokenProjection, ReferenceIdentity, with_bn_counters
@@ -46,7 +45,6 @@ log = logging.getLogger(__name__)
 EXPORT_CONFIG = "restorer.json"
 NO_FACE = ("zero_id", "no_reference")  # what pass 2 drops when the reference frame shows no face
 TRAINED_PARTS = ("unet", "identity.projection")  # what training changes and an export holds
-
 
 
 @dataclass(frozen=True)
@@ -170,9 +168,8 @@ class SVFRRestorer(NetworkRestorer):
     # ------------------------------------------------------------------ the two passes
 
     def _generator(self, clip_id: str | None) -> torch.Generator:
-        generator = torch.Generator("cpu")
-        generator.manual_seed(int(np.random.SeedSequence([self.settings.seed, clip_hash(clip_id or "")]).generate_state(1)[0]))
-        return generator
+        state = root_seed_sequence(self.settings.seed, clip_id or "").generate_state(1)[0]
+        return torch.Generator("cpu").manual_seed(int(state))
 
     def reference_identity(self, frame: torch.Tensor, clip_id: str) -> tuple[torch.Tensor | None, bool]:
         """Pass-1 output frame ``(3, S, S)`` in [−1, 1] → ``(ID tokens (1, 49, D) or None, keep the reference)``."""
@@ -196,10 +193,12 @@ class SVFRRestorer(NetworkRestorer):
         pixels = frames * 2 - 1
         generator = self._generator(clip_id)
         total = len(pixels)
-        scaled = self.encode(pixels)[None] * self.vae.config.scaling_factor  # (1, T, 4, h, w): img2img start
+        clean = self.encode(pixels)[None]                          # (1, T, 4, h, w) VAE mode, unscaled
+        scaled = clean * self.vae.config.scaling_factor             # the img2img start
+        lq_latents = clean                                          # the conditioning: the same, unless noise-augmented
         if s.noise_aug_strength:
             pixels = pixels + s.noise_aug_strength * torch.randn(pixels.shape, generator=generator).to(device)
-        lq_latents = self.encode(pixels)[None]
+            lq_latents = self.encode(pixels)[None]
         prompt = task_prompt(tasks).to(device)
         sampler = WindowedSampler(self.unet, self.scheduler, s.sampler(s.steps))
         reference = tokens = None
@@ -247,11 +246,6 @@ class SVFRRestorer(NetworkRestorer):
 # ---------------------------------------------------------------------- building
 
 
-def _identity(architecture: Mapping, restore: RestoreSettings, arcface_net: nn.Module, projection: nn.Module,
-              detector=None) -> ReferenceIdentity:
-    return ReferenceIdentity(arcface_net, projection, id_crop=restore.id_crop, detector=detector)
-
-
 def _networks(architecture: Mapping, svd_dir: Path | None, seed: int, unet_device="cpu", arcface_device="cpu",
               projection_device="cpu") -> tuple[nn.Module, nn.Module, nn.Module]:
     """``(unet, arcface, id projection)`` of the architecture; a part whose device is ``"meta"``
@@ -297,7 +291,7 @@ def build_restorer(architecture: Mapping, restore: Mapping | None = None, name: 
     sources["arcface"] = _load_arcface(arcface_net, arcface, allow_random_weights)
     vae = build_vae(architecture.get("vae"), svd_dir, seed=seed).requires_grad_(False)
     scheduler = build_scheduler(architecture.get("scheduler"), svd_dir)
-    identity = _identity(architecture, settings, arcface_net.requires_grad_(False).eval(), projection)
+    identity = ReferenceIdentity(arcface_net.requires_grad_(False).eval(), projection, id_crop=settings.id_crop)
     return SVFRRestorer(unet, vae, scheduler, identity, restore=restore, name=name, architecture=architecture,
                         sources=sources)
 
@@ -406,7 +400,7 @@ def load_restorer(architecture: Mapping, restore: Mapping | None = None, checkpo
     sources["arcface"] = _load_arcface(arcface_net, arcface, allow_random_weights, dtype=target)
     vae = build_vae(architecture.get("vae"), svd_dir, dtype=target_vae, seed=seed)
     scheduler = build_scheduler(architecture.get("scheduler"), svd_dir)
-    identity = _identity(architecture, settings, arcface_net, projection)
+    identity = ReferenceIdentity(arcface_net, projection, id_crop=settings.id_crop)
     restorer = SVFRRestorer(unet, vae, scheduler, identity, restore=restore, name=name, architecture=architecture,
                             sources=sources)
     restorer.eval().requires_grad_(False)

@@ -22,7 +22,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -100,13 +99,6 @@ class SVFRTraining(TrainingModule):
 
     # ------------------------------------------------------------------ one batch
 
-    def _generator(self) -> torch.Generator:
-        """Draws of this step (σ, noise, reference, dropout): seeded by (seed, step, rank), so a
-        resumed run draws what the uninterrupted one would have."""
-        rank = self.global_rank if self._trainer is not None else 0
-        state = np.random.SeedSequence([self.seed, int(self.global_step), int(rank)]).generate_state(1)[0]
-        return torch.Generator("cpu").manual_seed(int(state))
-
     def _id_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference frames ``(B, 3, S, S)`` in [0, 1] → ID tokens ``(B, 49, D)`` (zeros where no
         face is found; gradients reach the ID projection) and ``(B,)`` bool: face found."""
@@ -177,7 +169,7 @@ class SVFRTraining(TrainingModule):
     # ------------------------------------------------------------------ Lightning
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        parts = self.losses(batch, self._generator())
+        parts = self.losses(batch, self.step_generator(self.seed))
         self.log_dict({f"train/{name}": value.detach() for name, value in parts.items()},
                       prog_bar=True, batch_size=batch["gt"].shape[0])
         return parts["loss"]
