@@ -59,9 +59,14 @@ def csv_text(rows: Iterable[dict[str, Any]], columns: list[str], header: bool) -
     return buffer.getvalue()
 
 
+def rows_of(text: str) -> list[dict[str, str]]:
+    """The rows of CSV text as written, every field a string (no float parsing)."""
+    return list(csv.DictReader(io.StringIO(text)))
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV file as written, every field a string (no float parsing)."""
-    return list(csv.DictReader(io.StringIO(path.read_text())))
+    """:func:`rows_of` a CSV file."""
+    return rows_of(path.read_text())
 
 
 def format_value(value: Any) -> Any:

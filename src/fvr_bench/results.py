@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from fvr_bench.errors import ResultsMismatchError, RunInProgressError
-from fvr_bench.io import atomic_write_bytes, atomic_write_text, csv_text, read_rows
+from fvr_bench.io import atomic_write_bytes, atomic_write_text, csv_text, read_rows, rows_of
 
 
 PER_CLIP_COLUMNS = ["clip_id", "metric", "value", "higher_is_better", "provenance_id", "frames", "note"]
@@ -76,11 +76,14 @@ def _timing_columns(*headers: Sequence[str]) -> list[str]:
     return columns
 
 
-def _timing_header(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    first = path.read_text().split("\n", 1)[0]
+def _header_of(text: str) -> list[str]:
+    """The column names of CSV ``text`` (empty for an empty file)."""
+    first = text.split("\n", 1)[0]
     return next(csv.reader([first]), []) if first else []
+
+
+def _timing_header(path: Path) -> list[str]:
+    return _header_of(path.read_text()) if path.exists() else []
 
 
 def _timing_cell(value: Any) -> Any:
@@ -316,15 +319,16 @@ class ResultStore:
         """Add one clip's row to this store's timing file (a row of the same clip, left by a
         run killed between its per-clip rows and its timing, is replaced). Rewrites the file
         with the union of the columns when the row brings columns the header lacks."""
-        header = _timing_header(self.timing_path)
+        text = self.timing_path.read_text() if self.timing_path.exists() else ""  # read once per clip
+        header = _header_of(text)
         columns = _timing_columns(header, list(row))
-        if header == columns:
-            kept = [old for old in read_rows(self.timing_path) if old["clip_id"] == row["clip_id"]]
-            if not kept:  # the usual case: append one line
-                atomic_write_text(self.timing_path, self.timing_path.read_text() + csv_text([row], columns, False))
-                return
-        rows = [old for old in read_rows(self.timing_path) if old["clip_id"] != row["clip_id"]] if header else []
-        atomic_write_text(self.timing_path, csv_text([*rows, row], columns, True))
+        old_rows = rows_of(text) if header else []
+        if header == columns and all(old["clip_id"] != row["clip_id"] for old in old_rows):
+            # the usual case: append one line
+            atomic_write_text(self.timing_path, text + csv_text([row], columns, False))
+            return
+        kept = [old for old in old_rows if old["clip_id"] != row["clip_id"]]
+        atomic_write_text(self.timing_path, csv_text([*kept, row], columns, True))
 
     def record_provenance(self, provenance: dict[str, dict[str, Any]]) -> None:
         """Merge ``provenance_id → provenance dict`` into ``provenance.json``."""
@@ -366,15 +370,16 @@ class ResultStore:
 
         # the parts' headers may differ from the main file's (a run directory of an older
         # layout resumed): the merged file has the union of the columns, missing cells empty
-        timed_rows = read_rows(self.timing_path) if self.timing_path.exists() else []
+        timing_text = self.timing_path.read_text() if self.timing_path.exists() else ""
+        timed_rows = rows_of(timing_text) if timing_text else []
         timed = {row["clip_id"] for row in timed_rows}
         new_timings = _rows_by_clip(timing_parts, skip=timed)
         if new_timings:
-            header = _timing_header(self.timing_path)
+            header = _header_of(timing_text)
             columns = _timing_columns(header, *(_timing_header(path) for path in timing_parts))
             ordered = [row for clip_id in sorted(new_timings, key=in_clip_order) for row in new_timings[clip_id]]
             if header == columns:
-                atomic_write_text(self.timing_path, self.timing_path.read_text() + csv_text(ordered, columns, False))
+                atomic_write_text(self.timing_path, timing_text + csv_text(ordered, columns, False))
             else:
                 atomic_write_text(self.timing_path, csv_text([*timed_rows, *ordered], columns, True))
 
