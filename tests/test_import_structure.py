@@ -20,7 +20,7 @@ LAYERS = [
     {"config", "io", "state_dicts", "video", "weights"},
     {"degradations", "data", "faces"},
     {"metrics"},
-    {"methods", "results"},
+    {"methods", "results", "scoring"},
     {"curation", "evaluate", "training"},
     {"sharding", "tables"},
     {"cli"},

@@ -10,7 +10,8 @@ import torch
 from conftest import overrides
 
 from fvr_bench.config import compose
-from fvr_bench.evaluate import FrameBar, evaluate
+from fvr_bench.evaluate import evaluate
+from fvr_bench.scoring import FrameBar
 from fvr_bench.faces.frames import frames_of
 from fvr_bench.faces.memo import clear_memo
 from fvr_bench.metrics import face
@@ -145,7 +146,7 @@ def test_frame_by_frame_analysis_equals_one_call_over_the_clip(face_clip):
 
 
 def test_the_evaluator_shows_a_frame_bar_only_for_metrics_that_report(tiny_data_dir, tmp_path, monkeypatch):
-    from fvr_bench import evaluate as evaluate_module
+    from fvr_bench import scoring
 
     bars: list[tuple[str, int, int]] = []
 
@@ -155,7 +156,7 @@ def test_the_evaluator_shows_a_frame_bar_only_for_metrics_that_report(tiny_data_
                 bars.append((self.desc, self.bar.total, self.bar.n))
             super().__exit__(*exc_info)
 
-    monkeypatch.setattr(evaluate_module, "FrameBar", Recording)
+    monkeypatch.setattr(scoring, "FrameBar", Recording)
     reference = pd.read_csv(run(tiny_data_dir, tmp_path / "quiet") / "summary.csv")
     assert bars == []  # progress=false: no bar at all
     shown = run(tiny_data_dir, tmp_path / "shown", "progress=true")
@@ -173,12 +174,3 @@ def test_frame_bar_is_made_on_the_first_report_only():
     with FrameBar("m", 4, False, 1) as off:
         off.update(4)
         assert off.bar is None
-
-
-def test_loading_the_next_clip_in_the_background_changes_no_result(tiny_data_dir, tmp_path):
-    serial = run(tiny_data_dir, tmp_path / "serial", "overlap=false")
-    overlapped = run(tiny_data_dir, tmp_path / "overlap", "overlap=true")
-    for name in ("per_clip.csv", "summary.csv"):
-        assert (serial / name).read_bytes() == (overlapped / name).read_bytes()
-    timing = pd.read_csv(overlapped / "timing.csv", dtype={"clip_id": str})
-    assert timing["clip_id"].tolist() == ["carphone_000", "carphone_001"] and (timing["load_s"] > 0).all()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,15 +24,10 @@ from fvr_bench import weights
 from fvr_bench.config import build
 from fvr_bench.data.base import ClipSample, VideoDataset
 from fvr_bench.degradations import LQCache, build_degradation
-from fvr_bench.errors import (
-    ClipNotScorableError,
-    ConfigError,
-    DataError,
-    RestorerOutputError,
-    WeightsMissingError,
-)
+from fvr_bench.errors import ConfigError, DataError, RestorerOutputError, WeightsMissingError
 from fvr_bench.metrics.base import ClipMetric, SetMetric, VideoMetric
 from fvr_bench.results import ResultStore, RunLock
+from fvr_bench.scoring import CpuScoringWorker, score_clip
 from fvr_bench.video import to_numpy, to_tensor, write_frame_folder, write_video
 
 log = logging.getLogger(__name__)
@@ -47,28 +42,18 @@ class PreparedInput:
     task: str
 
 
-class FrameBar:
-    """A bar over the frames of one clip for one metric, made on the first report only
-    (a metric that never calls :meth:`ClipMetric.advance` shows none); closed on exit."""
+@dataclass
+class ScoredClip:
+    """One clip between its restore and its rows' append: the rows scored in this process,
+    and, with ``overlap``, the future of the worker's rows (:meth:`Evaluator.write_clip`)."""
 
-    def __init__(self, desc: str, total: int, enabled: bool, position: int) -> None:
-        self.desc, self.total, self.enabled, self.position = desc, total, enabled, position
-        self.bar: tqdm | None = None
-
-    def update(self, frames: int) -> None:
-        if not self.enabled:
-            return
-        if self.bar is None:
-            self.bar = tqdm(total=self.total, desc=self.desc, unit="frame", leave=False, position=self.position)
-        self.bar.update(frames)
-
-    def __enter__(self) -> FrameBar:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+    clip_id: str
+    rows: list[dict[str, Any]]
+    seconds: dict[str, float]  # <metric_id>_s of the metrics scored so far
+    notes: str  # the restorer's notes on this clip, for every row ("" if none)
+    timing: dict[str, Any]  # frames, load_s, degrade_s, restore_s
+    worker_rows: Future | None = None
+    busy_s: float = 0.0  # this process's time on the clip before its rows are due
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,7 +108,7 @@ class Evaluator:
                     f"metric '{metric_id}' ({type(metric).__qualname__}) is neither a ClipMetric nor a SetMetric "
                     f"(fvr_bench.metrics.base)"
                 )
-            metric.to(self.device)
+            metric.to(self.metric_device(metric))
         self.unavailable = self.check_weights(cfg.allow_missing)
         self.restorer = build(cfg.method.restorer, f"method {cfg.method.name}")
         if hasattr(self.restorer, "to"):
@@ -211,65 +196,53 @@ class Evaluator:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def metric_device(self, metric: VideoMetric) -> torch.device:
+        """Where ``metric`` scores: the CPU for :meth:`~VideoMetric.cpu_only` metrics (their
+        number is then the same on every run device), else the run's device."""
+        return torch.device("cpu") if metric.cpu_only() else self.device
+
+    def cpu_metric_ids(self) -> list[str]:
+        """The clip metrics that :meth:`evaluate_clips` may score in a worker process."""
+        return [metric_id for metric_id, metric in self.metrics.items()
+                if isinstance(metric, ClipMetric) and metric.cpu_only()]
+
     def score(self, sample: ClipSample, restored: torch.Tensor, seconds: dict[str, float] | None = None,
-              position: int = 1) -> list[dict[str, Any]]:
-        """One row per metric. A metric that cannot score this clip (its frames are below
-        the metric's minimum size, say) gets value NaN, frames 0 and the reason in ``note``;
-        the other metrics and clips go on (:class:`ClipNotScorableError`).
+              position: int = 1, skip: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """One row per metric but those in ``skip`` (:func:`fvr_bench.scoring.score_clip`: a
+        metric that cannot score this clip gets NaN and the reason in ``note``). CPU-only
+        metrics get CPU tensors; set-level features go to the result store.
 
-        ``seconds``: receives ``<metric_id>_s``, each metric's time on this clip. A
-        :class:`ClipMetric` that reports its frames (:meth:`ClipMetric.advance`, the face
-        metrics) gets a bar over the clip's frames at ``position`` (``leave=False``; none
-        when ``cfg.progress`` is off)."""
-        preds = restored.clamp(0.0, 1.0).to(self.device)
-        target = sample.gt[None].to(self.device) if sample.gt is not None else None
-        rows = []
+        ``seconds``: receives ``<metric_id>_s``, each metric's time on this clip. A metric that
+        reports its frames gets a bar over them at ``position`` (none when ``cfg.progress`` is off)."""
+        preds = restored.clamp(0.0, 1.0)
+        groups: dict[torch.device, dict[str, VideoMetric]] = {}
         for metric_id, metric in self.metrics.items():
-            reference = target if metric.needs_reference else None
-            frames, note = preds.shape[1], ""
-            start = time.perf_counter()
-            try:
-                if isinstance(metric, SetMetric):
-                    # the set value needs every clip: keep this clip's features, value comes at the end
-                    features = metric.features(preds, reference)
-                    self.store.save_features(metric_id, sample.clip_id, {k: v.double().cpu().numpy() for k, v in features.items()})
-                    value = float("nan")
-                else:
-                    # stateless: nothing accumulates in the metric over a run
-                    bar = FrameBar(metric_id, preds.shape[0] * preds.shape[1], bool(self.cfg.progress), position)
-                    with bar, metric.frame_progress(bar.update):
-                        value = float(metric.score(preds, reference)[0].item())
-                    used, note = metric.last_notes[0]
-                    frames = preds.shape[1] if used is None else used
-            except ClipNotScorableError as error:
-                if isinstance(metric, SetMetric):
-                    raise  # a set value over some of the clips would be another number: stop
-                log.warning("clip %s: %s not scored: %s", sample.clip_id, metric_id, error)
-                value, frames, note = float("nan"), 0, f"not scored: {error}"
-            self.synchronize()
+            if metric_id not in skip:
+                groups.setdefault(self.metric_device(metric), {})[metric_id] = metric
+        rows: list[dict[str, Any]] = []
+        for device, group in groups.items():
+            group_rows, group_seconds = score_clip(
+                group, preds.to(device), sample.gt[None].to(device) if sample.gt is not None else None,
+                clip_id=sample.clip_id, progress=bool(self.cfg.progress), position=position,
+                save_features=lambda metric_id, features: self.store.save_features(
+                    metric_id, sample.clip_id, {k: v.double().cpu().numpy() for k, v in features.items()}),
+                synchronize=self.synchronize)
+            rows += group_rows
             if seconds is not None:
-                seconds[f"{metric_id}_s"] = time.perf_counter() - start
-            rows.append(
-                {
-                    "metric": metric_id,
-                    "value": value,
-                    "higher_is_better": metric.higher_is_better,
-                    "provenance_id": metric.provenance().provenance_id,
-                    "frames": frames,
-                    "note": note,
-                }
-            )
-        return rows
+                seconds.update(group_seconds)
+        return self.in_metric_order(rows)
 
-    def add_restorer_notes(self, clip_id: str, rows: list[dict]) -> None:
-        """What the restorer reports about a clip (e.g. SVFR: no face in its reference frame, so no
-        ID tokens) goes into the note of every row of that clip: the values depend on it."""
+    def in_metric_order(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        order = {metric_id: index for index, metric_id in enumerate(self.metrics)}
+        return sorted(rows, key=lambda row: order[row["metric"]])
+
+    def restorer_notes(self, clip_id: str) -> str:
+        """What the restorer reports about a clip it has just restored (e.g. SVFR: no face in its
+        reference frame, so no ID tokens): it goes into the note of every row of that clip, the
+        values depend on it. Taken right after the restore (the restorer forgets it then)."""
         take_notes = getattr(self.restorer, "take_notes", None)
         notes = [note for noted_clip, note in take_notes() if noted_clip == clip_id] if callable(take_notes) else []
-        if notes:
-            text = "restorer: " + "; ".join(notes)
-            for row in rows:
-                row["note"] = f"{row['note']}; {text}" if row["note"] else text
+        return "restorer: " + "; ".join(notes) if notes else ""
 
     def save_restored(self, clip_id: str, restored: torch.Tensor, fps: float) -> None:
         frames = to_numpy(restored[0])
@@ -310,8 +283,8 @@ class Evaluator:
 
     def overlaps(self) -> bool:
         """``overlap``: true | false | auto — auto overlaps only on a GPU, where the CPU is idle while
-        the device restores; on a CPU the background thread competes with the restorer and the
-        metrics for the same cores (measured slower on 2 cores, bench/pipeline.py)."""
+        the device restores; on a CPU the background thread and the metric worker compete with the
+        restorer and the other metrics for the same cores (measured slower on 2 cores, bench/pipeline.py)."""
         setting = str(self.cfg.get("overlap", "auto")).lower()
         if setting not in ("auto", "true", "false"):
             raise ConfigError(f"overlap={setting!r}: auto, true or false")
@@ -329,26 +302,34 @@ class Evaluator:
 
     def evaluate_clips(self, clip_ids: list[str], store: ResultStore, progress_label: str = "", position: int = 0) -> None:
         """Restore and score ``clip_ids``, appending each clip's rows to ``store`` once all
-        of it (features, restored frames) is written.
+        of it (features, restored frames) is written, in the order of ``clip_ids``.
 
-        With ``overlap`` (``auto``: when the restorer runs on a GPU) the next clip is loaded and
-        degraded in one background thread while this one is restored and scored; clips still finish, and are written, in
-        order, and an error of clip k+1's loading surfaces only after clip k's rows are written.
-        ``overlap=false`` is the plain serial loop."""
+        With ``overlap`` (``auto``: when the restorer runs on a GPU) the CPU stays busy while
+        the device restores: the next clip is loaded and degraded in a background thread, and
+        the CPU-only metrics (:meth:`cpu_metric_ids`) of clip k are scored in a worker process
+        (:class:`~fvr_bench.scoring.CpuScoringWorker`) while clip k+1 is restored; clip k's
+        rows are written once they are back. Values are those of the serial loop (the same
+        metrics on the same CPU tensors); a clip whose rows are not all written is not finished,
+        so resuming is unchanged, and an error of clip k+1 surfaces only after clip k's rows are
+        written. ``overlap=false`` is the plain serial loop."""
         progress = tqdm(clip_ids, desc=f"{self.cfg.method.name} on {self.dataset.name}{progress_label}", unit="clip",
                         disable=not self.cfg.progress, position=position)
-        executor = None
-        if self.overlaps() and len(clip_ids) > 1:
-            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fvr-prefetch")
+        overlap = self.overlaps() and len(clip_ids) > 1
+        prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fvr-prefetch") if overlap else None
+        worker_ids = self.cpu_metric_ids() if overlap else []
+        worker = CpuScoringWorker({metric_id: OmegaConf.to_container(self.cfg.metrics["items"][metric_id], resolve=True)
+                                   for metric_id in worker_ids}) if worker_ids else None
+        waiting: ScoredClip | None = None  # the previous clip, its CPU-only metrics still in the worker
         try:
-            pending = executor.submit(self.load_and_prepare, clip_ids[0]) if executor is not None else None
+            pending = prefetch.submit(self.load_and_prepare, clip_ids[0]) if prefetch is not None else None
             for index, clip_id in enumerate(progress):
                 # timing.csv: where each clip's time goes (ResultStore, TIMING_COLUMNS); with
-                # overlap, load_s / degrade_s ran in the background and total_s is this clip's wall time
+                # overlap, load_s / degrade_s and the worker's metrics ran in the background and
+                # total_s is the time this process spent on the clip (the run's wall time is their sum)
                 start = time.perf_counter()
                 if pending is not None:
                     sample, prepared, load_s, degrade_s = pending.result()
-                    pending = (executor.submit(self.load_and_prepare, clip_ids[index + 1])
+                    pending = (prefetch.submit(self.load_and_prepare, clip_ids[index + 1])
                                if index + 1 < len(clip_ids) else None)
                 else:
                     sample, prepared, load_s, degrade_s = self.load_and_prepare(clip_id)
@@ -356,24 +337,56 @@ class Evaluator:
                 restored = self.restore(sample, prepared)
                 self.synchronize()
                 restored_at = time.perf_counter()
-                metric_seconds: dict[str, float] = {}
-                rows = self.score(sample, restored, seconds=metric_seconds, position=position + 1)
-                self.add_restorer_notes(clip_id, rows)
+                notes = self.restorer_notes(clip_id)
+                seconds: dict[str, float] = {}
+                rows = self.score(sample, restored, seconds=seconds, position=position + 1, skip=tuple(worker_ids))
+                scored = ScoredClip(clip_id, rows, seconds, notes, timing={
+                    "frames": int(prepared.lq.shape[1]), "load_s": load_s, "degrade_s": degrade_s,
+                    "restore_s": restored_at - prepared_at})
+                if worker is not None:
+                    scored.worker_rows = worker.submit(restored.clamp(0.0, 1.0), sample.gt[None] if sample.gt is not None
+                                                       else None, clip_id, bool(self.cfg.progress), position + 2)
                 # outputs first: a clip counts as finished only once everything of it is written
                 if self.cfg.save_restored not in (None, False, "none"):
                     self.save_restored(clip_id, restored, sample.fps)
-                timing = {
-                    "frames": int(prepared.lq.shape[1]),
-                    "load_s": load_s,
-                    "degrade_s": degrade_s,
-                    "restore_s": restored_at - prepared_at,
-                    **metric_seconds,
-                    "total_s": time.perf_counter() - start,
-                }
-                store.append_clip(clip_id, rows, seconds=restored_at - prepared_at, timing=timing)
+                scored.busy_s = time.perf_counter() - start
+                if worker is None:
+                    self.write_clip(scored, store, None)
+                else:  # clip k-1's worker rows should be back by now; clip k waits for clip k+1's restore
+                    previous, waiting = waiting, None
+                    if previous is not None:
+                        self.write_clip(previous, store, worker)
+                    waiting = scored
+            previous, waiting = waiting, None
+            if previous is not None:
+                self.write_clip(previous, store, worker)
+        except BaseException:
+            if waiting is not None:  # clip k's rows are due even when clip k+1 failed
+                try:
+                    self.write_clip(waiting, store, worker)
+                except Exception as error:  # noqa: BLE001 — the first error is the one to report
+                    log.warning("clip %s not written: %s", waiting.clip_id, error)
+            raise
         finally:
-            if executor is not None:
-                executor.shutdown(wait=True, cancel_futures=True)
+            if prefetch is not None:
+                prefetch.shutdown(wait=True, cancel_futures=True)
+            if worker is not None:
+                worker.close()
+
+    def write_clip(self, scored: ScoredClip, store: ResultStore, worker: CpuScoringWorker | None) -> None:
+        """Append one clip's rows and timing to ``store``, waiting for its worker rows first."""
+        waited_from = time.perf_counter()
+        if scored.worker_rows is not None:
+            worker_rows, worker_seconds = worker.result(scored.worker_rows, scored.clip_id)
+            scored.rows += worker_rows
+            scored.seconds.update(worker_seconds)
+        rows = self.in_metric_order(scored.rows)
+        if scored.notes:
+            for row in rows:
+                row["note"] = f"{row['note']}; {scored.notes}" if row["note"] else scored.notes
+        metric_seconds = {f"{metric_id}_s": scored.seconds[f"{metric_id}_s"] for metric_id in self.metrics}
+        timing = {**scored.timing, **metric_seconds, "total_s": scored.busy_s + time.perf_counter() - waited_from}
+        store.append_clip(scored.clip_id, rows, seconds=scored.timing["restore_s"], timing=timing)
 
     def finish(self, clip_ids: list[str]) -> None:
         """Merge the shards' rows (if any) and write the summary over ``clip_ids``."""

@@ -151,6 +151,13 @@ class VideoMetric(Metric):
     def backend_version(self) -> str:
         return torch.__version__
 
+    def cpu_only(self) -> bool:
+        """True when this metric's number is computed on the CPU whatever device it is given
+        (dlib, MediaPipe, OpenCV flow, NIQE's float64 statistics): the evaluator scores it on
+        CPU tensors, so its value does not depend on the run's device, and with ``overlap``
+        in a worker process while the next clip is restored (:mod:`fvr_bench.scoring`)."""
+        return False
+
     def weights_file(self) -> tuple[str | None, str | None]:
         """``(file name, sha256)`` of the pretrained file the number depends on, if any."""
         return None, None

@@ -195,6 +195,9 @@ class _IdentityMetric(FaceMetric):
     def settings(self) -> dict[str, Any]:
         return {"backend": self.identity.kind, **self.identity.settings()}
 
+    def cpu_only(self) -> bool:
+        return self.identity.kind == "dlib"  # ArcFace and MTCNN are networks on the run's device
+
     def backend_version(self) -> str:
         return self.identity.backend_version()
 
@@ -346,6 +349,9 @@ class _LandmarkMetric(FaceMetric):
 
     def settings(self) -> dict[str, Any]:
         return {"backend": self.landmarks.kind, **self.landmarks.settings()}
+
+    def cpu_only(self) -> bool:
+        return True  # MediaPipe and dlib run on the CPU
 
     def backend_version(self) -> str:
         return self.landmarks.backend_version()

@@ -256,6 +256,9 @@ class _FlowMetric(NetworkMetric, ClipMetric):
         if preds.shape[1] < 2:
             raise ValueError(f"{metric_id}: needs clips of at least 2 frames, got {preds.shape[1]}")
 
+    def cpu_only(self) -> bool:
+        return self.flow != "raft"  # OpenCV's flows run on the CPU; RAFT is a network on the run's device
+
     def pretrained_files(self) -> PretrainedFiles:
         return self.backend.pretrained_files()  # RAFT's file (explicit weights_path honoured), or none
 
