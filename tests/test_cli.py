@@ -42,10 +42,17 @@ def test_missing_dataset_names_the_card(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_multirun_then_leaderboard(tiny_data_dir, tmp_path):
+def test_multirun_through_joblib_then_leaderboard(tiny_data_dir, tmp_path):
+    """Two cells side by side in two joblib worker processes, then the leaderboard over them."""
     args = overrides(tiny_data_dir, tmp_path, "metrics=fidelity", "degradation=ip_fvr_light")
-    result = cli("run", "-m", "method=identity,bicubic", *args)
+    result = cli("run", "-m", "method=identity,bicubic", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2",
+                 *args)
     assert result.returncode == 0, result.stderr
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    for method in ("identity", "bicubic"):
+        run_dir = tmp_path / "outputs" / "sample" / "ip_fvr_light" / method
+        assert pd.read_csv(run_dir / "summary.csv")["n_clips"].tolist() == [2, 2, 2, 2]
+        assert pd.read_csv(run_dir / "per_clip.csv")["clip_id"].nunique() == 2
     result = cli("leaderboard", f"paths.output_dir={tmp_path / 'outputs'}")
     assert result.returncode == 0, result.stderr
     board = pd.read_csv(tmp_path / "outputs" / "leaderboard.csv")

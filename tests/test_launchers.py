@@ -1,21 +1,18 @@
 """Multirun launchers: local parallel (joblib) and SLURM (submitit) configs compose with the
-sweep presets; a real two-cell sweep runs through joblib with two worker processes."""
+sweep presets (a real two-cell sweep through joblib: test_cli.py)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-import pandas as pd
 import pytest
-from conftest import overrides
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from fvr_bench.config import CONF_DIR
 
-PSNR_ONLY = ("metrics=fidelity", "~metrics.items.psnr_rgb", "~metrics.items.ssim_y", "~metrics.items.ssim_rgb")
 
 
 def hydra_config(*extra: str):
@@ -65,19 +62,3 @@ def test_cli_prints_the_launcher_of_a_multirun(launcher, tmp_path):
     assert result.returncode == 0, result.stderr
     printed = OmegaConf.create(result.stdout.split("# @package hydra.launcher", 1)[-1])
     assert printed._target_.endswith("SlurmLauncher" if launcher == "slurm" else "JoblibLauncher")
-
-
-def test_two_cells_run_side_by_side_through_joblib(tiny_data_dir, tmp_path):
-    args = overrides(tiny_data_dir, tmp_path, *PSNR_ONLY, "degradation=ip_fvr_light")
-    result = subprocess.run(
-        [sys.executable, "-m", "fvr_bench", "run", "-m", "method=identity,bicubic",
-         "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", *args],
-        capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
-    for method in ("identity", "bicubic"):
-        run_dir = tmp_path / "outputs" / "sample" / "ip_fvr_light" / method
-        summary = pd.read_csv(run_dir / "summary.csv").set_index("metric")
-        assert summary.index.tolist() == ["psnr_y"] and summary.loc["psnr_y", "n_clips"] == 2
-        assert pd.read_csv(run_dir / "per_clip.csv")["clip_id"].nunique() == 2

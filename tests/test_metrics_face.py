@@ -295,19 +295,3 @@ def test_settings_are_validated_and_recorded():
                                      face.SigmaIDS, face.TLME, face.TLMENR, face.VIDD)}
     assert ids == {"ids_arcface", "ids_dlib", "akd_mediapipe", "akd_dlib68", "facecons_id", "sigma_ids", "tlme",
                    "tlme_nr", "vidd"}
-
-
-def test_face_analysis_sits_below_metrics():
-    """fvr_bench.faces is a shared service under metrics, methods and curation: importing
-    every module of it loads nothing of fvr_bench.metrics."""
-    import pkgutil
-    import subprocess
-    import sys
-
-    import fvr_bench.faces
-
-    modules = [f"fvr_bench.faces.{m.name}" for m in pkgutil.iter_modules(fvr_bench.faces.__path__)]
-    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + (
-        "print(sorted(m for m in sys.modules if m.startswith('fvr_bench.metrics')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert len(modules) >= 10 and out.strip() == "[]"

@@ -4,9 +4,14 @@ worker rows never came back is not finished (a rerun resumes it)."""
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from types import SimpleNamespace
+
+from pathlib import Path
+
 import pandas as pd
 import pytest
-import torch
 from conftest import overrides
 
 from fvr_bench.config import compose
@@ -32,36 +37,39 @@ def test_cpu_only_metrics_are_the_face_flow_backends_that_run_on_the_cpu(tiny_da
     assert evaluator.metric_device(evaluator.metrics["ids_arcface"]) == evaluator.device
 
 
-def test_overlapped_runs_write_the_serial_rows_in_clip_order(tiny_data_dir, tmp_path, monkeypatch):
-    """The next clip loaded in a thread, the CPU-only metrics (dlib's IDS, a test metric) in the worker."""
+def test_overlapped_rows_are_the_serial_rows_and_a_worker_failure_resumes(tiny_data_dir, tmp_path, monkeypatch):
+    """The next clip loaded in a thread, the CPU-only metrics (dlib's IDS, a test metric) in the
+    worker: the same bytes as the serial loop, in clip order; when the worker fails on clip 1,
+    clip 0 is written and clip 1 is not, and the rerun finishes clip 1 only."""
     submitted = []
     submit = CpuScoringWorker.submit
     monkeypatch.setattr(CpuScoringWorker, "submit", lambda self, *a: submitted.append(a[2]) or submit(self, *a))
-    metrics = (IDS_DLIB, BRIGHTNESS + "}")
+    armed = tmp_path / "armed"  # while it exists, the test metric fails on its second clip
+    metrics = (IDS_DLIB, f"{BRIGHTNESS}, fail_on_call: 2, armed: '{armed}'}}")
     serial = evaluate(config(tiny_data_dir, tmp_path / "serial", "overlap=false", *metrics))
     assert submitted == []
-    overlapped = evaluate(config(tiny_data_dir, tmp_path / "overlap", "overlap=true", *metrics))
-    assert submitted == ["carphone_000", "carphone_001"]
-    for name in ("per_clip.csv", "summary.csv"):
-        assert (serial / name).read_bytes() == (overlapped / name).read_bytes()
-    per_clip = pd.read_csv(overlapped / "per_clip.csv", dtype={"clip_id": str})
-    assert per_clip["metric"].tolist()[:6] == ["psnr_y", "psnr_rgb", "ssim_y", "ssim_rgb", "ids_dlib", "mean_brightness"]
-    timing = pd.read_csv(overlapped / "timing.csv", dtype={"clip_id": str})
-    assert timing["clip_id"].tolist() == ["carphone_000", "carphone_001"]
-    assert (timing[["load_s", "ids_dlib_s", "mean_brightness_s"]] > 0).all().all()
-
-
-@pytest.mark.parametrize("failure,message", [("raise", "failing on call 2"), ("exit", "metric worker process .*died")])
-def test_a_worker_failure_keeps_the_clips_before_it_and_a_rerun_resumes(tiny_data_dir, tmp_path, failure, message):
-    armed = tmp_path / "armed"
     armed.touch()
-    cfg = config(tiny_data_dir, tmp_path, "overlap=true", f"{BRIGHTNESS}, fail_on_call: 2, failure: {failure}, armed: '{armed}'}}")
-    with pytest.raises((RuntimeError, FvrBenchError), match=message):
-        evaluate(cfg)
-    per_clip = pd.read_csv(next((tmp_path / "outputs").rglob("per_clip.csv")), dtype={"clip_id": str})
-    assert set(per_clip["clip_id"]) == {"carphone_000"}  # clip 0 written; clip 1's worker rows never came back
+    overlap = config(tiny_data_dir, tmp_path / "overlap", "overlap=true", *metrics)
+    with pytest.raises(RuntimeError, match="failing on call 2"):
+        evaluate(overlap)
+    assert submitted == ["carphone_000", "carphone_001"]
+    run_dir = Path(overlap.run_dir)
+    assert pd.read_csv(run_dir / "per_clip.csv", dtype={"clip_id": str})["clip_id"].unique().tolist() == ["carphone_000"]
     armed.unlink()
-    resumed = evaluate(cfg)
-    per_clip = pd.read_csv(resumed / "per_clip.csv", dtype={"clip_id": str})
-    assert per_clip.groupby("clip_id").size().to_dict() == {"carphone_000": 5, "carphone_001": 5}
-    assert torch.isfinite(torch.tensor(per_clip["value"].to_numpy())).all()
+    assert evaluate(overlap) == run_dir
+    assert submitted == ["carphone_000", "carphone_001"]  # one clip left: scored in this process
+    for name in ("per_clip.csv", "summary.csv"):
+        assert (serial / name).read_bytes() == (run_dir / name).read_bytes()
+    per_clip = pd.read_csv(run_dir / "per_clip.csv", dtype={"clip_id": str})
+    assert per_clip["metric"].tolist()[:6] == ["psnr_y", "psnr_rgb", "ssim_y", "ssim_rgb", "ids_dlib", "mean_brightness"]
+    timing = pd.read_csv(run_dir / "timing.csv", dtype={"clip_id": str})
+    assert timing["clip_id"].tolist() == ["carphone_000", "carphone_001"]
+    assert (timing[["ids_dlib_s", "mean_brightness_s"]] > 0).all().all() and timing.loc[0, "load_s"] > 0
+
+
+def test_a_dead_worker_is_an_error_naming_the_clip_and_the_way_out():
+    died = Future()
+    died.set_exception(BrokenProcessPool("A process in the process pool was terminated abruptly"))
+    holder = SimpleNamespace(metric_ids=["ids_dlib", "akd_mediapipe"])
+    with pytest.raises(FvrBenchError, match=r"clip c7: the metric worker process \(ids_dlib, akd_mediapipe\) died.*overlap=false"):
+        CpuScoringWorker.result(holder, died, "c7")

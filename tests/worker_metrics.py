@@ -13,17 +13,15 @@ from fvr_bench.metrics.base import ClipMetric
 
 class MeanBrightness(ClipMetric):
     """Mean pixel value per clip, computed on the CPU. While the file ``armed`` exists, call
-    ``fail_on_call`` (1-based, per process) raises instead (``failure="raise"``) or ends the
-    process (``failure="exit"``)."""
+    ``fail_on_call`` (1-based, per process) raises instead."""
 
     metric_id: ClassVar[str] = "mean_brightness"
     needs_reference: ClassVar[bool] = False
     level: ClassVar[str] = "clip"
 
-    def __init__(self, fail_on_call: int | None = None, failure: str = "raise", armed: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, fail_on_call: int | None = None, armed: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.fail_on_call, self.failure, self.armed, self.calls = fail_on_call, failure, armed, 0
+        self.fail_on_call, self.armed, self.calls = fail_on_call, armed, 0
 
     def cpu_only(self) -> bool:
         return True
@@ -31,7 +29,5 @@ class MeanBrightness(ClipMetric):
     def clip_scores(self, preds: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
         self.calls += 1
         if self.calls == self.fail_on_call and self.armed is not None and os.path.exists(self.armed):
-            if self.failure == "exit":
-                os._exit(3)
             raise RuntimeError(f"mean_brightness: failing on call {self.calls} as configured")
         return preds.double().mean(dim=(1, 2, 3, 4))

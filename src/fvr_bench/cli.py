@@ -85,6 +85,11 @@ def require_values(cfg, what: str) -> None:
 def evaluate_cell(cfg) -> Path:
     """One evaluation cell: this process (``devices=1``) or ``devices=N`` processes sharing
     the clips; the run directory ends up the same."""
+    from fvr_bench.config import build
+
+    # a missing or malformed dataset is the commonest mistake: say so before the seconds of
+    # importing the metric and method libraries (the evaluator builds and scans it again)
+    build(cfg.data, "data").clip_ids()
     from fvr_bench.evaluate import evaluate
     from fvr_bench.sharding import evaluate_sharded, is_sharded
 
