@@ -1,7 +1,10 @@
 """Whole-pipeline throughput of ``run``: load, degrade, restore and score a set of clips, with the
-next clip loaded and degraded in the background (``overlap=true``; ``auto``, the default, turns it on
-when the restorer runs on a GPU) vs the naive serial loop (``overlap=false``), measured in one run on
-the same clips. On a small CPU the background thread competes with the metrics for the same cores.
+next clip loaded and degraded in a background thread and the CPU-only metrics (dlib, MediaPipe,
+OpenCV flow) scored in a worker process while the next clip is restored (``overlap=true``; ``auto``,
+the default, turns it on when the restorer runs on a GPU) vs the naive serial loop
+(``overlap=false``), measured in one run on the same clips. On a small CPU the thread and the worker
+compete with the restorer and the other metrics for the same cores, and the worker's start-up
+(imports, ~6 s) is paid once per run.
 
     python bench/pipeline.py [--clips 4] [--frames 24] [--size 512] [--method bicubic] [--metrics vividface_t1]
 
