@@ -19,7 +19,7 @@ from fvr_bench.errors import FvrBenchError
 from fvr_bench.evaluate import Evaluator, evaluate
 from fvr_bench.scoring import CpuScoringWorker
 
-IDS_DLIB = "+metrics.items.ids_dlib={_target_: fvr_bench.metrics.face.IDSDlib}"
+EWARP = "+metrics.items.ewarp={_target_: fvr_bench.metrics.temporal.EWarp, flow: dis}"
 BRIGHTNESS = "+metrics.items.mean_brightness={_target_: worker_metrics.MeanBrightness"
 
 
@@ -38,14 +38,14 @@ def test_cpu_only_metrics_are_the_face_flow_backends_that_run_on_the_cpu(tiny_da
 
 
 def test_overlapped_rows_are_the_serial_rows_and_a_worker_failure_resumes(tiny_data_dir, tmp_path, monkeypatch):
-    """The next clip loaded in a thread, the CPU-only metrics (dlib's IDS, a test metric) in the
+    """The next clip loaded in a thread, the CPU-only metrics (E_warp with OpenCV DIS flow, a test metric) in the
     worker: the same bytes as the serial loop, in clip order; when the worker fails on clip 1,
     clip 0 is written and clip 1 is not, and the rerun finishes clip 1 only."""
     submitted = []
     submit = CpuScoringWorker.submit
     monkeypatch.setattr(CpuScoringWorker, "submit", lambda self, *a: submitted.append(a[2]) or submit(self, *a))
     armed = tmp_path / "armed"  # while it exists, the test metric fails on its second clip
-    metrics = (IDS_DLIB, f"{BRIGHTNESS}, fail_on_call: 2, armed: '{armed}'}}")
+    metrics = (EWARP, f"{BRIGHTNESS}, fail_on_call: 2, armed: '{armed}'}}")
     serial = evaluate(config(tiny_data_dir, tmp_path / "serial", "overlap=false", *metrics))
     assert submitted == []
     armed.touch()
@@ -61,10 +61,10 @@ def test_overlapped_rows_are_the_serial_rows_and_a_worker_failure_resumes(tiny_d
     for name in ("per_clip.csv", "summary.csv"):
         assert (serial / name).read_bytes() == (run_dir / name).read_bytes()
     per_clip = pd.read_csv(run_dir / "per_clip.csv", dtype={"clip_id": str})
-    assert per_clip["metric"].tolist()[:6] == ["psnr_y", "psnr_rgb", "ssim_y", "ssim_rgb", "ids_dlib", "mean_brightness"]
+    assert per_clip["metric"].tolist()[:6] == ["psnr_y", "psnr_rgb", "ssim_y", "ssim_rgb", "ewarp", "mean_brightness"]
     timing = pd.read_csv(run_dir / "timing.csv", dtype={"clip_id": str})
     assert timing["clip_id"].tolist() == ["carphone_000", "carphone_001"]
-    assert (timing[["ids_dlib_s", "mean_brightness_s"]] > 0).all().all() and timing.loc[0, "load_s"] > 0
+    assert (timing[["ewarp_s", "mean_brightness_s"]] > 0).all().all() and timing.loc[0, "load_s"] > 0
 
 
 def test_a_dead_worker_is_an_error_naming_the_clip_and_the_way_out():

@@ -87,9 +87,11 @@ def evaluate_cell(cfg) -> Path:
     the clips; the run directory ends up the same."""
     from fvr_bench.config import build
 
-    # a missing or malformed dataset is the commonest mistake: say so before the seconds of
-    # importing the metric and method libraries (the evaluator builds and scans it again)
-    build(cfg.data, "data").clip_ids()
+    if cfg.get("devices", 1) == 1:
+        # a missing or malformed dataset is the commonest mistake: say so before the seconds of
+        # importing the metric and method libraries (the evaluator builds and scans it again;
+        # other device settings are checked first, by the sharded path)
+        build(cfg.data, "data").clip_ids()
     from fvr_bench.evaluate import evaluate
     from fvr_bench.sharding import evaluate_sharded, is_sharded
 
