@@ -311,7 +311,10 @@ class Evaluator:
         rows are written once they are back. Values are those of the serial loop (the same
         metrics on the same CPU tensors); a clip whose rows are not all written is not finished,
         so resuming is unchanged, and an error of clip k+1 surfaces only after clip k's rows are
-        written. ``overlap=false`` is the plain serial loop."""
+        written. ``overlap=false`` is the plain serial loop.
+
+        ``position``: the clip bar's terminal line; the frame bars of slow metrics take the next
+        two (this process's, the worker's)."""
         progress = tqdm(clip_ids, desc=f"{self.cfg.method.name} on {self.dataset.name}{progress_label}", unit="clip",
                         disable=not self.cfg.progress, position=position)
         overlap = self.overlaps() and len(clip_ids) > 1

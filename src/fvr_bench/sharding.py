@@ -188,7 +188,9 @@ def evaluate_shard(fabric: Any, cfg: DictConfig, error_dir: str | None) -> str:
         share = todo[rank::world]
         log.info("rank %d of %d: %d of %d clips to do", rank, world, len(share), len(todo))
         store = ResultStore(evaluator.run_dir, shard=f"rank{rank}")
-        evaluator.evaluate_clips(share, store, progress_label=f" [rank {rank}/{world}]", position=rank)
+        # three terminal lines per rank: its clip bar and the frame bars of this process's and
+        # the metric worker's slow metrics (Evaluator.evaluate_clips)
+        evaluator.evaluate_clips(share, store, progress_label=f" [rank {rank}/{world}]", position=3 * rank)
         fabric.barrier()
         if rank == 0:
             evaluator.finish(clip_ids)
