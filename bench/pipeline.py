@@ -1,6 +1,6 @@
 """Whole-pipeline throughput of ``run``: load, degrade, restore and score a set of clips, with the
 next clip loaded and degraded in a background thread and the CPU-only metrics (dlib, MediaPipe,
-OpenCV flow) scored in a worker process while the next clip is restored (``overlap=true``; ``auto``,
+OpenCV flow, NIQE) scored in a worker process while the next clip is restored (``overlap=true``; ``auto``,
 the default, turns it on when the restorer runs on a GPU) vs the naive serial loop
 (``overlap=false``), measured in one run on the same clips. On a small CPU the thread and the worker
 compete with the restorer and the other metrics for the same cores, and the worker's start-up

@@ -27,13 +27,14 @@ def config(data_dir, tmp_path, *extra):
     return compose("run", overrides(data_dir, tmp_path, "metrics=fidelity", *extra))
 
 
-def test_cpu_only_metrics_are_the_face_flow_backends_that_run_on_the_cpu(tiny_data_dir, tmp_path):
+def test_cpu_only_metrics_are_the_cpu_face_and_flow_backends_and_niqe(tiny_data_dir, tmp_path):
     cfg = config(tiny_data_dir, tmp_path, "+metrics.items.ids_dlib={_target_: fvr_bench.metrics.face.IDSDlib}",
                  "+metrics.items.akd_mediapipe={_target_: fvr_bench.metrics.face.AKDMediaPipe}",
                  "+metrics.items.ewarp={_target_: fvr_bench.metrics.temporal.EWarp, flow: dis}",
-                 "+metrics.items.ids_arcface={_target_: fvr_bench.metrics.face.IDSArcFace, random_weights: true}")
+                 "+metrics.items.ids_arcface={_target_: fvr_bench.metrics.face.IDSArcFace, random_weights: true}",
+                 "+metrics.items.niqe={_target_: fvr_bench.metrics.niqe.NIQE}")
     evaluator = Evaluator(cfg)
-    assert evaluator.cpu_metric_ids() == ["ids_dlib", "akd_mediapipe", "ewarp"]
+    assert evaluator.cpu_metric_ids() == ["ids_dlib", "akd_mediapipe", "ewarp", "niqe"]
     assert evaluator.metric_device(evaluator.metrics["ids_arcface"]) == evaluator.device
 
 

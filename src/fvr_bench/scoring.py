@@ -4,7 +4,7 @@
 per-frame bar of slow metrics). The evaluator runs it in its own process for the metrics
 that compute on the run's device; :class:`CpuScoringWorker` runs it in one spawned process
 for the metrics that compute on the CPU whatever the device (:meth:`VideoMetric.cpu_only`:
-dlib, MediaPipe, OpenCV flow), so that with ``overlap`` their work on clip k proceeds while
+dlib, MediaPipe, OpenCV flow, NIQE), so that with ``overlap`` their work on clip k proceeds while
 the evaluator restores clip k+1 on the GPU.
 
 Why a process and not a thread: a metric scores inside

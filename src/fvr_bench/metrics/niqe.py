@@ -583,6 +583,11 @@ class NIQE(NetworkMetric, ClipMetric):
             "block_size": BLOCK,
         }
 
+    def cpu_only(self) -> bool:
+        # the value is the same on every device (snapped statistics, above), and on a GPU run the
+        # CPU has time to spare while the device restores: score it there (in the overlap worker)
+        return True
+
     def weights_file(self) -> tuple[str | None, str | None]:
         if self.files.names():
             return super().weights_file()  # the registered file (or model_path): name, sha256
