@@ -264,3 +264,12 @@ def test_skipping_the_identical_branch_changes_nothing():
     one = WindowedSampler(ElementwiseUNet(), scheduler(), SamplerSettings(steps=2, window=4))
     assert torch.equal(both.sample(cond, init, noise, 4), one.sample(cond, init, noise, 4))
     assert all(shape[0] == 2 for shape in both_unet.calls)  # the official pass 1: uncond and cond, both empty
+
+
+def test_restore_settings_name_a_typo_and_hand_the_sampler_its_fields():
+    from fvr_bench.methods.svfr.restorer import RestoreSettings
+
+    with pytest.raises(ConfigError, match=r"svfr method\.restore: unknown option\(s\) \['stepz'\]; known: .*window_batch"):
+        RestoreSettings.from_mapping({"stepz": 3})
+    settings = RestoreSettings.from_mapping({"window": 8, "overlap": 2, "guidance_scale": 1.5, "sequential_cfg": True})
+    assert settings.sampler(7) == SamplerSettings(steps=7, guidance_scale=1.5, window=8, overlap=2, sequential_cfg=True)

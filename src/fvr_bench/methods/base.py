@@ -8,6 +8,7 @@ How a method handles long videos (windows, blending, noise sharing) lives behind
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -107,6 +108,18 @@ def plain(value: Any) -> Any:
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+def known_options(settings_class: type, mapping: Any, what: str) -> dict[str, Any]:
+    """``mapping`` (a DictConfig, a dict or None) as a plain dict whose keys are all fields of the
+    dataclass ``settings_class``; a key that is not — a typo in a config — is a
+    :class:`ConfigError` naming ``what`` (e.g. ``"svfr method.restore"``) and the known fields."""
+    values = dict(plain(mapping) or {})
+    known = {f.name for f in dataclasses.fields(settings_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{what}: unknown option(s) {unknown}; known: {', '.join(sorted(known))}")
+    return values
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from torch import nn
 from fvr_bench import weights as weight_registry
 from fvr_bench.degradations.base import root_seed_sequence
 from fvr_bench.errors import ConfigError, WeightsMissingError
-from fvr_bench.methods.base import NetworkRestorer, parse_dtype, plain, resize_video
+from fvr_bench.methods.base import NetworkRestorer, known_options, parse_dtype, plain, resize_video
 from fvr_bench.methods.ip_fvr.backbone import build_unet, nearest_legal_latent_size
 from fvr_bench.methods.ip_fvr.controlnet import VideoControlNet
 from fvr_bench.methods.ip_fvr.face2text import Face2Text, negative, with_quality
@@ -88,11 +88,7 @@ class RestoreSettings:
 
     @classmethod
     def from_mapping(cls, restore: Mapping | None) -> RestoreSettings:
-        values = dict(plain(restore) or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"ip_fvr: unknown method.restore option(s) {unknown}; known: {', '.join(sorted(known))}")
+        values = known_options(cls, restore, "ip_fvr method.restore")
         values["actions"] = tuple(values.get("actions") or ())
         settings = cls(**values)
         for option, value, choices in (("guidance", settings.guidance, GUIDANCE), ("padding", settings.padding, PADDING),

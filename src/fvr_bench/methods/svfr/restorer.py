@@ -32,7 +32,7 @@ from torch import nn
 from fvr_bench import weights as weight_registry
 from fvr_bench.degradations.base import root_seed_sequence
 from fvr_bench.errors import ConfigError, WeightsMissingError
-from fvr_bench.methods.base import NetworkRestorer, parse_dtype, plain, resize_video
+from fvr_bench.methods.base import NetworkRestorer, known_options, parse_dtype, plain, resize_video
 from fvr_bench.methods.svfr.identity import ID_CROPS, IDTokenProjection, ReferenceIdentity, with_bn_counters
 from fvr_bench.methods.svfr.iresnet import IResNet
 from fvr_bench.methods.svfr.networks import build_scheduler, build_unet, build_vae, locate_svd_dir, unet_config
@@ -85,11 +85,7 @@ class RestoreSettings:
 
     @classmethod
     def from_mapping(cls, restore: Mapping | None) -> RestoreSettings:
-        values = dict(plain(restore) or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"svfr: unknown method.restore option(s) {unknown}; known: {', '.join(sorted(known))}")
+        values = known_options(cls, restore, "svfr method.restore")
         if values.get("tasks") is not None:
             values["tasks"] = parse_tasks(values["tasks"])
         settings = cls(**values)
@@ -102,10 +98,10 @@ class RestoreSettings:
         return settings
 
     def sampler(self, steps: int) -> SamplerSettings:
-        return SamplerSettings(steps=steps, guidance_scale=self.guidance_scale, window=self.window, overlap=self.overlap,
-                               overlap_steps=self.overlap_steps, i2i_strength=self.i2i_strength,
-                               window_batch=self.window_batch, sequential_cfg=self.sequential_cfg,
-                               skip_identical_branch=self.skip_identical_branch)
+        """The sampler's settings for a pass of ``steps`` steps: every other field has the same
+        name here (``method.restore`` is one flat mapping)."""
+        shared = {f.name: getattr(self, f.name) for f in fields(SamplerSettings) if f.name != "steps"}
+        return SamplerSettings(steps=steps, **shared)
 
 
 class SVFRRestorer(NetworkRestorer):

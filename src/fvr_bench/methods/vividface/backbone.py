@@ -19,7 +19,7 @@ import contextlib
 import io
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ from torch import nn
 from fvr_bench import weights
 from fvr_bench.errors import ConfigError, WeightsMissingError
 from fvr_bench.io import atomic_write_bytes
+from fvr_bench.methods.base import known_options
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,7 @@ class BackboneConfig:
 
     @classmethod
     def from_mapping(cls, mapping: Mapping | None) -> BackboneConfig:
-        mapping = dict(mapping or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(mapping) - known)
-        if unknown:
-            raise ConfigError(f"vividface: unknown backbone option(s) {unknown}; known: {sorted(known)}")
-        return cls(**mapping)
+        return cls(**known_options(cls, mapping, "vividface backbone"))
 
     @property
     def random_parts(self) -> list[str]:
