@@ -19,11 +19,9 @@ The largest output difference to the naive fp32 run is printed as a correctness 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-from timing import device_name
+from timing import device_name, median_timed
 
 from fvr_bench.cli import compose
 from fvr_bench.methods.bfvr_stc.autoencoder import set_fused_attention
@@ -44,22 +42,10 @@ def configure(model: BFVRSTCRestorer, optimised: bool, bf16: bool) -> None:
 
 
 def measure(model: BFVRSTCRestorer, clip: torch.Tensor, repeats: int) -> tuple[float, float | None, torch.Tensor]:
-    """(median seconds, peak GiB or None on CPU, output) of ``model.restore(clip)``."""
-    cuda = clip.device.type == "cuda"
+    """(median seconds, peak GiB or None on CPU, output) of ``model.restore(clip)``, after a warm-up."""
     with torch.inference_mode():
-        output = model.restore(clip)  # warm-up: kernel selection, allocator
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            output = model.restore(clip)
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-    return statistics.median(times), peak, output.float().cpu()
+        seconds, peak, output = median_timed(lambda: model.restore(clip), clip.device, repeats)
+    return seconds, peak, output.float().cpu()
 
 
 def main() -> None:

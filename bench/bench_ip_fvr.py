@@ -23,7 +23,7 @@ import argparse
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from timing import device_name, timed
+from timing import device_name, timed, variant_header, variant_row
 
 from fvr_bench.config import CONF_DIR
 from fvr_bench.methods.ip_fvr.backbone import VENHANCER_UNET
@@ -79,7 +79,7 @@ def main() -> None:
     lq = torch.rand(1, frames, 3, size // 4, size // 4, generator=generator).to(device)
     reference = torch.rand(1, 3, 112, 112, generator=generator).to(device)
     results = {}
-    print(f"{'variant':12s} {'restore s':>10s} {'frames/s':>9s} {'peak GiB':>9s} {'vs naive':>9s}")
+    print(variant_header(12))
     if tiny:
         print("(tiny smoke check: every variant at the legal size — a 720×1280 canvas takes minutes on a CPU)")
     for variant in variants:
@@ -92,8 +92,7 @@ def main() -> None:
         if out.shape != (1, frames, 3, size, size) or not np.isfinite(out.numpy()).all():
             raise RuntimeError(f"{variant}: restore returned {tuple(out.shape)} / non-finite values")
         results[variant] = seconds
-        ratio = f"{results['naive'] / seconds:8.2f}×" if "naive" in results else "-"
-        print(f"{variant:12s} {seconds:10.2f} {frames / seconds:9.2f} {'-' if peak is None else f'{peak:.1f}':>9s} {ratio:>9s}")
+        print(variant_row(variant, seconds, frames, peak, results.get("naive"), 12))
         del restorer
         if device.type == "cuda":
             torch.cuda.empty_cache()

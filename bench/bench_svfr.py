@@ -25,7 +25,7 @@ import argparse
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from timing import device_name, timed
+from timing import device_name, timed, variant_header, variant_row
 
 from fvr_bench.config import CONF_DIR
 from fvr_bench.methods.svfr.networks import SVD_XT_UNET, SVD_XT_VAE
@@ -83,7 +83,7 @@ def main() -> None:
     print(f"device: {device_name(device)}; torch {torch.__version__}; {scale} networks, random weights; clip {frames}×{size}²")
     clip = torch.rand(frames, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     results = {}
-    print(f"{'variant':16s} {'restore s':>10s} {'frames/s':>9s} {'peak GiB':>9s} {'vs naive':>9s}")
+    print(variant_header(16))
     for variant in variants:
         torch.backends.cudnn.benchmark = variant != "naive"
         restorer = build(tiny, device, {**steps, **VARIANTS[variant]})
@@ -95,8 +95,7 @@ def main() -> None:
         if out.shape != clip.shape or not torch.isfinite(out).all():
             raise RuntimeError(f"{variant}: restore returned {tuple(out.shape)} / non-finite values")
         results[variant] = seconds
-        ratio = f"{results['naive'] / seconds:8.2f}×" if "naive" in results else "-"
-        print(f"{variant:16s} {seconds:10.2f} {frames / seconds:9.2f} {'-' if peak is None else f'{peak:.1f}':>9s} {ratio:>9s}")
+        print(variant_row(variant, seconds, frames, peak, results.get("naive"), 16))
         del restorer
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -19,13 +19,11 @@ The DiT gets the cached empty-prompt embedding (random here), as the restorer do
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from timing import device_name
+from timing import device_name, median_timed
 
 from fvr_bench.methods.vividface.backbone import (
     WAN21_T2V_1_3B_TRANSFORMER,
@@ -64,31 +62,14 @@ def build(tiny: bool, device: torch.device, cache: Path, variant: str) -> VividF
     return module
 
 
-def measure(function, device: torch.device, repeats: int) -> tuple[float, float | None, object]:
-    """Median seconds of ``function()`` after one warm-up, its peak GPU memory (GiB), its last result."""
-    result = function()  # warm-up: kernel selection, compilation
-    times, peak = [], None
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
-        result = function()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            peak = torch.cuda.max_memory_allocated(device) / 2**30
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), peak, result
-
-
 @torch.inference_mode()
 def bench_variant(module: VividFaceRestorer, variant: str, clip: torch.Tensor, repeats: int) -> str:
     """One table row: encode / DiT / decode / sum / the whole windowed ``restore``."""
     device = clip.device
-    encode_s, encode_peak, latents = measure(lambda: encode_frames(module.vae, clip), device, repeats)
-    dit_s, dit_peak, restored = measure(lambda: module.one_step(latents), device, repeats)
-    decode_s, decode_peak, _ = measure(lambda: decode_latents(module.vae, restored), device, repeats)
-    restore_s, _, out = measure(lambda: module.restore(clip), device, repeats)
+    encode_s, encode_peak, latents = median_timed(lambda: encode_frames(module.vae, clip), device, repeats)
+    dit_s, dit_peak, restored = median_timed(lambda: module.one_step(latents), device, repeats)
+    decode_s, decode_peak, _ = median_timed(lambda: decode_latents(module.vae, restored), device, repeats)
+    restore_s, _, out = median_timed(lambda: module.restore(clip), device, repeats)
     if out.shape != clip.shape or not torch.isfinite(out).all():
         raise RuntimeError(f"{variant}: restore returned {tuple(out.shape)} / non-finite values")
     peaks = "/".join("-" if p is None else f"{p:.1f}" for p in (encode_peak, dit_peak, decode_peak))
