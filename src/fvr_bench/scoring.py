@@ -126,9 +126,8 @@ def _build_worker_metrics(metric_configs: dict[str, dict[str, Any]]) -> None:
         _worker_metrics[metric_id] = metric.to("cpu")
 
 
-def _ready() -> int:
-    """The warm-up call: returns once the worker has imported and built its metrics."""
-    return len(_worker_metrics)
+def _start() -> None:
+    """Submitted first: makes the pool start its process (and build its metrics) at once."""
 
 
 def _score_in_worker(preds: torch.Tensor, target: torch.Tensor | None, clip_id: str, progress: bool,
@@ -153,7 +152,7 @@ class CpuScoringWorker:
         # spawn: a forked copy of a process that holds CUDA or OpenMP threads is not safe
         self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_build_worker_metrics, initargs=(metric_configs,))
-        self.started = self.pool.submit(_ready)
+        self.pool.submit(_start)  # a pool starts its process on the first submit
 
     def submit(self, preds: torch.Tensor, target: torch.Tensor | None, clip_id: str, progress: bool,
                position: int) -> Future:
